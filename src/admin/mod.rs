@@ -1,0 +1,80 @@
+//! The admin port (bound only by `run`): `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+
+use crate::clock::SharedClock;
+use crate::metrics::{DatabaseSnapshot, Metrics};
+use crate::sweep::schedule::Liveness;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub liveness: Arc<Liveness>,
+    pub clock: SharedClock,
+    /// Twice this is how long a checked credential may go unverified before it counts
+    /// in `im1_credentials_unverified`.
+    pub recheck_interval: Duration,
+}
+
+/// Longest silence from the scheduler loop before `/healthz` fails.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(120);
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Process alive and scheduler ticking; never the database or a supplier.
+async fn healthz(State(state): State<AdminState>) -> Response {
+    if state.liveness.alive(LIVENESS_WINDOW) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "scheduler not ticking\n").into_response()
+    }
+}
+
+/// Database reachable and every migration applied.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let ready = tokio::time::timeout(Duration::from_secs(5), crate::store::ready(&state.pool)).await;
+    match ready {
+        Ok(true) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(false) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable or migrations not applied\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database did not answer in time\n").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let stale_before = state.clock.now() - crate::sweep::delta(state.recheck_interval * 2);
+    match tokio::time::timeout(Duration::from_secs(5), DatabaseSnapshot::read(&state.pool, stale_before)).await {
+        Ok(Ok(snapshot)) => state.metrics.set_database_gauges(&snapshot),
+        // Process metrics are still worth serving when the database is away.
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not read database gauges"),
+        Err(_) => tracing::warn!("metrics: database gauges timed out"),
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
+}
+
+/// Serves the admin router until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut shutdown: crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.wait().await }).await
+}

@@ -1,0 +1,32 @@
+//! `check-config`: validates configuration; with a database, also that every key id in
+//! use is configured (dropping a key still in use would make its tokens unreadable).
+
+use super::CliError;
+use crate::config::Settings;
+use crate::model::Supplier;
+
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let configured: Vec<&str> =
+        Supplier::CHECKABLE.iter().filter(|s| settings.supplier(**s).is_some()).map(|s| s.as_str()).collect();
+    println!(
+        "configuration is valid; suppliers configured: {}",
+        if configured.is_empty() { "none".to_owned() } else { configured.join(", ") }
+    );
+    if settings.database_url.is_none() {
+        println!("DATABASE_URL not set: key ids in use were not checked");
+        return Ok(());
+    }
+    let pool = super::connect(&settings).await?;
+    let keys = settings.require_keys()?;
+    let in_use = crate::store::import::key_ids_in_use(&pool).await?;
+    let missing: Vec<String> = in_use
+        .iter()
+        .filter(|(id, _)| !keys.has(id))
+        .map(|(id, n)| format!("key id {id:?} encrypts {n} token(s) but is not in IM1_ENCRYPTION_KEYS"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CliError::Input(missing.join("\n")));
+    }
+    println!("every key id in use is configured ({} in use)", in_use.len());
+    Ok(())
+}

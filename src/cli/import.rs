@@ -1,0 +1,188 @@
+//! `credentials import [PATH|-] [--skip-invalid]`: JSON lines in, validated first.
+//!
+//! The file is streamed: lines are read with a length bound, validated, encrypted and
+//! stored in batches inside one transaction, so memory stays flat for a million lines and
+//! a rejected file changes nothing. Every bad line is reported by number and reason, never
+//! with its content.
+
+use std::path::PathBuf;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use super::CliError;
+use crate::config::Settings;
+use crate::store::import::ImportTx;
+use crate::token::{NewCredential, parse_import_line};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The file to read; `-` or nothing reads standard input.
+    pub path: Option<PathBuf>,
+    /// Import the good lines even when some are bad (the bad ones are still listed).
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+/// Longest line accepted, in bytes. A real line is a few hundred.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Lines per database batch.
+const BATCH: usize = 1000;
+
+pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
+    let keys = settings.require_keys()?;
+    let pool = super::connect(&settings).await?;
+    let clock = crate::clock::system();
+    let reader: Box<dyn AsyncBufRead + Unpin + Send> = match &args.path {
+        None => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(p) => {
+            let file = tokio::fs::File::open(p)
+                .await
+                .map_err(|e| CliError::Input(format!("cannot open {}: {e}", p.display())))?;
+            Box::new(BufReader::with_capacity(256 * 1024, file))
+        }
+    };
+    let mut tx = ImportTx::begin(&pool, keys, clock.now()).await?;
+    let outcome = import(reader, &mut tx, |line, problem| eprintln!("line {line}: {problem}")).await?;
+    if outcome.bad_lines > 0 && !args.skip_invalid {
+        tx.rollback().await?;
+        return Err(CliError::Input(format!(
+            "import rejected: {} bad line(s) of {}; nothing was imported (use --skip-invalid to import the good lines)",
+            outcome.bad_lines, outcome.lines
+        )));
+    }
+    let stats = tx.commit().await?;
+    println!(
+        "imported {} line(s): {} new, {} replaced, {} unchanged{}",
+        outcome.lines - outcome.bad_lines,
+        stats.new,
+        stats.replaced,
+        stats.unchanged,
+        if outcome.bad_lines > 0 { format!("; {} bad line(s) skipped", outcome.bad_lines) } else { String::new() }
+    );
+    Ok(())
+}
+
+/// What reading a file came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Non-blank lines read.
+    pub lines: u64,
+    pub bad_lines: u64,
+}
+
+/// Reads every line, reports each bad one through `report(line_number, problem)`, and
+/// adds the good ones to `tx` in batches.
+pub async fn import<R, F>(mut reader: R, tx: &mut ImportTx<'_>, mut report: F) -> Result<ReadOutcome, CliError>
+where
+    R: AsyncBufRead + Unpin,
+    F: FnMut(u64, String),
+{
+    let mut outcome = ReadOutcome::default();
+    let mut number = 0u64;
+    let mut buf = Vec::with_capacity(1024);
+    let mut batch: Vec<(u64, NewCredential)> = Vec::with_capacity(BATCH);
+    loop {
+        number += 1;
+        let line = match read_bounded_line(&mut reader, &mut buf).await {
+            Ok(None) => break,
+            Ok(Some(line)) => line,
+            Err(e) => return Err(CliError::Input(format!("reading line {number}: {e}"))),
+        };
+        let text = match line {
+            Line::TooLong => {
+                outcome.lines += 1;
+                outcome.bad_lines += 1;
+                report(number, format!("line is longer than {MAX_LINE} bytes"));
+                continue;
+            }
+            Line::Text(bytes) => bytes,
+        };
+        let Ok(text) = std::str::from_utf8(text) else {
+            outcome.lines += 1;
+            outcome.bad_lines += 1;
+            report(number, "line is not valid UTF-8".to_owned());
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        outcome.lines += 1;
+        match parse_import_line(text) {
+            Ok(cred) => batch.push((number, cred)),
+            Err(problems) => {
+                outcome.bad_lines += 1;
+                let joined: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                report(number, joined.join("; "));
+            }
+        }
+        if batch.len() >= BATCH {
+            add(tx, &mut batch, &mut outcome, &mut report).await?;
+        }
+    }
+    add(tx, &mut batch, &mut outcome, &mut report).await?;
+    Ok(outcome)
+}
+
+async fn add<F: FnMut(u64, String)>(
+    tx: &mut ImportTx<'_>,
+    batch: &mut Vec<(u64, NewCredential)>,
+    outcome: &mut ReadOutcome,
+    report: &mut F,
+) -> Result<(), CliError> {
+    let duplicates = tx.add(std::mem::take(batch)).await?;
+    for d in duplicates {
+        outcome.bad_lines += 1;
+        report(d.line, format!("user_id: repeats line {}", d.first_line));
+    }
+    Ok(())
+}
+
+enum Line<'a> {
+    Text(&'a [u8]),
+    TooLong,
+}
+
+/// Reads one line without ever holding more than [`MAX_LINE`] bytes of it.
+async fn read_bounded_line<'b, R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<Option<Line<'b>>> {
+    buf.clear();
+    let mut too_long = false;
+    let mut read_any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            break;
+        }
+        read_any = true;
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > MAX_LINE {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let consumed = done.unwrap_or(available.len());
+        reader.consume(consumed);
+        if done.is_some() {
+            break;
+        }
+    }
+    if !read_any {
+        return Ok(None);
+    }
+    if too_long {
+        return Ok(Some(Line::TooLong));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(Line::Text(buf)))
+}

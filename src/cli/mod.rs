@@ -1,0 +1,174 @@
+//! The command line: one file per command. Commands only wire things up; the work lives
+//! in the library modules.
+
+mod check_config;
+mod demo;
+mod import;
+mod migrate;
+mod recheck;
+mod run;
+mod simulate;
+mod status;
+mod sweep;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use clap::{Parser, Subcommand};
+use sqlx::PgPool;
+
+use crate::clock::SharedClock;
+use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
+use crate::model::Supplier;
+use crate::policy::Rules;
+use crate::suppliers::{self, Adapter};
+use crate::sweep::{Engine, Limits};
+
+/// Keeps a relying party's stored IM1 tokens honest.
+#[derive(Debug, Parser)]
+#[command(name = "im1-revalidator", version, about, long_about = None)]
+pub struct Cli {
+    /// A file of KEY=VALUE settings; the environment wins over it (also IM1_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded database migrations, then exit.
+    Migrate,
+    /// Store tokens the RP has created.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// One pass over every credential due now, then exit.
+    Sweep(sweep::Args),
+    /// The service: sweeps on the cron schedule and serves the admin port until SIGTERM.
+    Run,
+    /// Make chosen credentials due now.
+    Recheck(recheck::Args),
+    /// Counts per supplier and status, refresh-required counts, the last sweep.
+    Status(status::Args),
+    /// Serve simulated EMIS, TPP and Vision APIs for development, demos and tests.
+    Simulate(simulate::Args),
+    /// A zero set-up tour on a throwaway database with the simulator in-process.
+    Demo(demo::Args),
+    /// Validate configuration (and, with a database, the keys in use), then exit.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Import JSON lines {"user_id", "supplier", "ods_code", "token"} from PATH or stdin.
+    Import(import::Args),
+}
+
+/// How a command failed, and so the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input or usage (exit 2); the message names the problem.
+    #[error("{0}")]
+    Input(String),
+    /// Invalid configuration (exit 2), one line per problem.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigError),
+    /// Anything else (exit 1).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Input(_) | CliError::Config(_) => 2,
+            CliError::Other(_) => 1,
+        }
+    }
+}
+
+impl From<sqlx::Error> for CliError {
+    fn from(e: sqlx::Error) -> Self {
+        CliError::Other(anyhow::Error::new(e).context("database error"))
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let load = || Settings::load(cli.config.as_deref());
+    match cli.command {
+        Command::Migrate => migrate::run(load()?).await,
+        Command::Credentials(CredentialsCommand::Import(args)) => import::run(load()?, args).await,
+        Command::Sweep(args) => sweep::run(load()?, args).await,
+        Command::Run => run::run(load()?).await,
+        Command::Recheck(args) => recheck::run(load()?, args).await,
+        Command::Status(args) => status::run(load()?, args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::CheckConfig => check_config::run(load()?).await,
+    }
+}
+
+/// Connects to the configured database with a small pool (the sweep needs a handful of
+/// connections however many checks are in flight).
+async fn connect(settings: &Settings) -> Result<PgPool, CliError> {
+    let url = settings.require_database()?;
+    Ok(crate::store::connect(url, 8).await?)
+}
+
+/// The shared HTTP client every adapter uses: one pool of connections for the process.
+pub fn http_client(settings: &Settings) -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
+        .connect_timeout(settings.http_timeout)
+        .pool_max_idle_per_host(settings.concurrency)
+        .tcp_nodelay(true)
+        .user_agent(concat!("im1-revalidator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CliError::Other(anyhow::anyhow!("cannot build the HTTP client: {e}")))
+}
+
+/// Adapters for every configured supplier.
+pub fn adapters(settings: &Settings) -> Result<HashMap<Supplier, Arc<dyn Adapter>>, CliError> {
+    let http = suppliers::HttpClient::new(http_client(settings)?);
+    Ok(suppliers::build(settings, &http))
+}
+
+/// Builds the sweep engine from settings (takes the keyring out of them).
+pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock) -> Result<Engine, CliError> {
+    settings.require_keys()?;
+    let keys = settings.keys.take().ok_or_else(|| CliError::Input("IM1_ENCRYPTION_KEYS is required".into()))?;
+    let adapters = adapters(settings)?;
+    Ok(Engine {
+        pool,
+        clock,
+        keys: Arc::new(keys),
+        adapters,
+        metrics: Arc::new(Metrics::new()),
+        rules: rules(settings),
+        limits: Limits {
+            concurrency: settings.concurrency,
+            batch_size: Limits::batch_for(settings.concurrency),
+            lease: settings.lease,
+            check_timeout: settings.check_timeout,
+            shutdown_grace: settings.shutdown_grace,
+        },
+        process_id: uuid::Uuid::new_v4(),
+        progress: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+pub fn rules(settings: &Settings) -> Rules {
+    Rules::new(
+        settings.recheck_interval,
+        settings.confirm_after,
+        settings.max_refresh_attempts,
+        settings.refresh_suppression,
+    )
+}
+
+/// Parses a supplier name given on the command line.
+fn supplier_arg(value: &str) -> Result<Supplier, String> {
+    value.parse::<Supplier>().map_err(|e| e.to_string())
+}

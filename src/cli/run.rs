@@ -1,0 +1,52 @@
+//! `run`: the service. Sweeps on the cron schedule, serves the admin port, and on
+//! SIGTERM/SIGINT stops claiming, lets in-flight checks finish within the grace period,
+//! gives back what it could not finish, and exits 0.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::CliError;
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::shutdown;
+use crate::sweep::schedule::{self, Liveness};
+
+pub async fn run(mut settings: Settings) -> Result<(), CliError> {
+    let pool = super::connect(&settings).await?;
+    if !crate::store::ready(&pool).await {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "the database schema is not up to date: run `im1-revalidator migrate` first"
+        )));
+    }
+    let clock = crate::clock::system();
+    let engine = Arc::new(super::engine(&mut settings, pool.clone(), clock.clone())?);
+    let liveness = Arc::new(Liveness::default());
+    let (trigger, stop) = shutdown::channel();
+    shutdown::on_signals(trigger);
+
+    let listener = tokio::net::TcpListener::bind(settings.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on IM1_ADMIN_ADDR {}", settings.admin_addr))?;
+    let schedule = match &settings.schedule {
+        crate::config::Schedule::Off => "off",
+        crate::config::Schedule::Cron { expression, .. } => expression.as_str(),
+    };
+    tracing::info!(addr = %settings.admin_addr, schedule, timezone = %settings.timezone, "im1-revalidator running");
+    let router = admin::router(AdminState {
+        pool,
+        metrics: engine.metrics.clone(),
+        liveness: liveness.clone(),
+        clock,
+        recheck_interval: settings.recheck_interval,
+    });
+    let server = tokio::spawn(admin::serve(listener, router, stop.clone()));
+    schedule::run(engine, settings.schedule.clone(), settings.timezone, liveness, stop).await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

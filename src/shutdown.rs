@@ -1,0 +1,71 @@
+//! Shutdown as a value: a watch channel every task can await. SIGTERM and SIGINT map onto
+//! it; tests trigger it directly.
+
+use tokio::sync::watch;
+
+/// The sending half, held by whoever decides to stop.
+#[derive(Debug, Clone)]
+pub struct Trigger(watch::Sender<bool>);
+
+/// The receiving half, cloned into every task that must stop.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Shutdown(rx))
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    /// A shutdown that never fires (one-shot commands that run to completion).
+    pub fn never() -> Shutdown {
+        let (_tx, rx) = watch::channel(false);
+        Shutdown(rx)
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown is triggered (at once if it already was).
+    pub async fn wait(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            // The trigger is gone without firing: nothing can stop us any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Fires `trigger` on SIGTERM or SIGINT.
+pub fn on_signals(trigger: Trigger) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    trigger.fire();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        trigger.fire();
+    });
+}

@@ -1,0 +1,470 @@
+//! Simulated GP supplier APIs, speaking the wire formats of im1-wire.md, for tests, demos,
+//! benchmarks and RP development. It knows no database.
+//!
+//! One HTTP server carries every supplier under its own prefix (`/emis` now; `/tpp` and
+//! `/vision` later) plus control endpoints under `/_sim`:
+//!
+//! | call | does |
+//! |---|---|
+//! | `GET /_sim/calls` | totals per supplier and endpoint ([`CallCounts`]) |
+//! | `GET /_sim/calls/{token}` | `{"calls": n}`: check calls for that token |
+//! | `PUT /_sim/tokens/{token}` | body: a list of [`Step`]s, the token's script (`[]` removes it) |
+//! | `DELETE /_sim/tokens/{token}` | removes the token's script |
+//! | `GET`/`PUT /_sim/default` | the [`Step`] for tokens without a script |
+//! | `POST`/`DELETE /_sim/outage/{supplier}` | starts/ends an outage: that supplier answers 503 without `Retry-After` |
+//! | `POST /_sim/emis/expire-sessions` | every issued EMIS end-user session becomes invalid |
+//! | `POST /_sim/reset` | zeroes every counter |
+//!
+//! How each supplier answers is decided per check, in this order: outage, malformed
+//! request, supplier-specific session rules, injected errors (`error_rate`), then the
+//! token's script or the default. The hot path takes read locks and touches atomics only;
+//! per-token counting (a map insert on a token's first call) can be turned off with
+//! `count_by_token: false`.
+
+mod emis;
+pub mod scenario;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::model::Supplier;
+
+pub use emis::EmisCalls;
+pub use scenario::{Behaviour, Scenario, ScenarioError, Step, UnknownBehaviour};
+
+/// How long `hang` keeps a request open when nothing releases it.
+const HANG_FOR: Duration = Duration::from_secs(3600);
+/// How long [`RunningSimulator::shutdown`] waits for in-flight answers before aborting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Totals per supplier and endpoint since start or the last reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallCounts {
+    pub emis: EmisCalls,
+}
+
+/// A token's script and how far through it the token is.
+#[derive(Debug)]
+struct Script {
+    steps: Box<[Step]>,
+    /// Answers already given from this script; answer i uses `steps[min(i, len - 1)]`.
+    next: AtomicU64,
+}
+
+/// Everything that decides which [`Step`] a check gets. One lock, so the hot path reads
+/// the default and looks up a script under a single read guard.
+#[derive(Debug)]
+struct Scripts {
+    default: Step,
+    by_token: HashMap<Box<str>, Script>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Added before every supplier answer.
+    latency: Duration,
+    /// Share of answers turned into 503s, already clamped to 0..=1.
+    error_rate: f64,
+    count_by_token: bool,
+    scripts: RwLock<Scripts>,
+    /// Check calls per token; only written when `count_by_token`.
+    token_calls: RwLock<HashMap<Box<str>, AtomicU64>>,
+    /// Indexed by [`supplier_index`].
+    outages: [AtomicBool; 4],
+    emis: emis::EmisState,
+    /// Bumped when a server stops, to release `hang` and delayed answers so a graceful
+    /// shutdown does not wait an hour for them.
+    release: watch::Sender<u64>,
+}
+
+/// The simulator's shared state. Cheap to clone; every clone is the same simulator.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+fn supplier_index(supplier: Supplier) -> usize {
+    match supplier {
+        Supplier::Emis => 0,
+        Supplier::Tpp => 1,
+        Supplier::Vision => 2,
+        Supplier::Microtest => 3,
+    }
+}
+
+/// Lock helpers: a poisoned lock only means a panic elsewhere; the data is still usable.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn script_of(steps: Vec<Step>) -> Script {
+    Script { steps: steps.into_boxed_slice(), next: AtomicU64::new(0) }
+}
+
+impl Simulator {
+    pub fn new(scenario: Scenario) -> Simulator {
+        let error_rate = if scenario.error_rate.is_nan() { 0.0 } else { scenario.error_rate.clamp(0.0, 1.0) };
+        let by_token = scenario
+            .tokens
+            .into_iter()
+            .filter(|(_, steps)| !steps.is_empty())
+            .map(|(token, steps)| (token.into_boxed_str(), script_of(steps)))
+            .collect();
+        let (release, _) = watch::channel(0);
+        Simulator {
+            inner: Arc::new(Inner {
+                latency: Duration::from_millis(scenario.latency_ms),
+                error_rate,
+                count_by_token: scenario.count_by_token,
+                scripts: RwLock::new(Scripts { default: scenario.default, by_token }),
+                token_calls: RwLock::new(HashMap::new()),
+                outages: Default::default(),
+                emis: emis::EmisState::default(),
+                release,
+            }),
+        }
+    }
+
+    /// Every supplier route and the control routes.
+    pub fn router(&self) -> Router {
+        Router::new().merge(emis::routes()).merge(control_routes()).with_state(self.clone())
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in a background task until
+    /// [`RunningSimulator::shutdown`] or until the handle is dropped.
+    pub async fn spawn(&self, addr: SocketAddr) -> io::Result<RunningSimulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, self.clone(), async move {
+            // A dropped sender resolves this too: a forgotten handle still stops the server.
+            let _ = stopped.await;
+        }));
+        Ok(RunningSimulator { addr, stop, task })
+    }
+
+    /// Scripts a token: its i-th check from now on gets `steps[min(i, len - 1)]`. An empty
+    /// list removes the script, so the token gets the default again.
+    pub fn script(&self, token: &str, steps: Vec<Step>) {
+        let mut scripts = write(&self.inner.scripts);
+        if steps.is_empty() {
+            scripts.by_token.remove(token);
+        } else {
+            scripts.by_token.insert(token.into(), script_of(steps));
+        }
+    }
+
+    /// How tokens without a script are answered from now on.
+    pub fn set_default(&self, behaviour: Behaviour) {
+        self.set_default_step(Step::new(behaviour));
+    }
+
+    /// Like [`Simulator::set_default`], with a delay or `Retry-After`.
+    pub fn set_default_step(&self, step: Step) {
+        write(&self.inner.scripts).default = step;
+    }
+
+    pub fn default_step(&self) -> Step {
+        read(&self.inner.scripts).default
+    }
+
+    /// Starts or ends an outage: the supplier answers every call with a 503 without
+    /// `Retry-After`.
+    pub fn set_outage(&self, supplier: Supplier, on: bool) {
+        self.inner.outages[supplier_index(supplier)].store(on, Ordering::Relaxed);
+    }
+
+    /// Forgets every EMIS end-user session issued so far.
+    pub fn expire_emis_sessions(&self) {
+        self.inner.emis.expire_sessions();
+    }
+
+    /// Totals per supplier and endpoint.
+    pub fn calls(&self) -> CallCounts {
+        CallCounts { emis: self.inner.emis.calls() }
+    }
+
+    /// Check calls (EMIS: `POST /sessions`) carrying this token, whatever they were
+    /// answered; 0 when `count_by_token` is off.
+    pub fn token_calls(&self, token: &str) -> u64 {
+        read(&self.inner.token_calls).get(token).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Zeroes every counter (scripts, their progress and outages are kept).
+    pub fn reset(&self) {
+        self.inner.emis.reset_calls();
+        write(&self.inner.token_calls).clear();
+    }
+
+    /// Releases every `hang` and delayed answer now in progress (they answer 503).
+    pub fn release_waiters(&self) {
+        self.inner.release.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    // ---- shared rules for the supplier routes ----
+
+    fn count_token(&self, token: &str) {
+        if !self.inner.count_by_token {
+            return;
+        }
+        if let Some(n) = read(&self.inner.token_calls).get(token) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        write(&self.inner.token_calls).entry(token.into()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn in_outage(&self, supplier: Supplier) -> bool {
+        self.inner.outages[supplier_index(supplier)].load(Ordering::Relaxed)
+    }
+
+    /// Whether `error_rate` turns this answer into a 503.
+    fn inject_error(&self) -> bool {
+        self.inner.error_rate > 0.0 && rand::random::<f64>() < self.inner.error_rate
+    }
+
+    /// The step for this token's next check: its script, or the default.
+    fn next_step(&self, token: &str) -> Step {
+        let scripts = read(&self.inner.scripts);
+        match scripts.by_token.get(token) {
+            Some(script) => {
+                let i = script.next.fetch_add(1, Ordering::Relaxed);
+                let last = script.steps.len().saturating_sub(1);
+                let i = usize::try_from(i).map_or(last, |i| i.min(last));
+                script.steps.get(i).copied().unwrap_or(scripts.default)
+            }
+            None => scripts.default,
+        }
+    }
+
+    /// Waits the scenario's latency plus `extra_ms`. Returns `false` when released early
+    /// by a shutdown.
+    async fn pause(&self, extra_ms: u64) -> bool {
+        let wait = self.inner.latency.saturating_add(Duration::from_millis(extra_ms));
+        if wait.is_zero() {
+            return true;
+        }
+        self.wait(wait).await
+    }
+
+    /// Sleeps `wait` unless released first; `true` when the whole wait ran.
+    async fn wait(&self, wait: Duration) -> bool {
+        let mut released = self.inner.release.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = released.changed() => false,
+        }
+    }
+
+    /// Never answers, until released.
+    async fn hang(&self) {
+        self.wait(HANG_FOR).await;
+    }
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Simulator::new(Scenario::default())
+    }
+}
+
+/// A simulator serving in a background task.
+#[derive(Debug)]
+pub struct RunningSimulator {
+    pub addr: SocketAddr,
+    /// Sending (or dropping) it starts a graceful shutdown.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningSimulator {
+    /// `http://{addr}`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The EMIS base URL, `http://{addr}/emis`.
+    pub fn emis_url(&self) -> String {
+        format!("http://{}/emis", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight answers finish (hangs and delays are cut short),
+    /// and aborts the server if that takes longer than a few seconds.
+    pub async fn shutdown(self) {
+        let RunningSimulator { stop, mut task, .. } = self;
+        let _ = stop.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the simulator stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the simulator task failed"),
+            Err(_) => {
+                tracing::warn!("the simulator did not stop in time; aborting it");
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Serves `sim` on `listener` until `shutdown` resolves, then drains in-flight answers
+/// (releasing any `hang`).
+pub async fn serve(
+    listener: TcpListener,
+    sim: Simulator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let releaser = sim.clone();
+    let listener = listener.tap_io(|tcp| {
+        // Small request/answer pairs: do not let Nagle hold answers back.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, sim.router())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            releaser.release_waiters();
+        })
+        .await
+}
+
+// ---- control endpoints ----
+
+fn control_routes() -> Router<Simulator> {
+    Router::new()
+        .route("/_sim/calls", get(get_calls))
+        .route("/_sim/calls/{token}", get(get_token_calls))
+        .route("/_sim/tokens/{token}", put(put_script).delete(delete_script))
+        .route("/_sim/default", get(get_default).put(put_default))
+        .route("/_sim/outage/{supplier}", post(start_outage).delete(end_outage))
+        .route("/_sim/emis/expire-sessions", post(expire_sessions))
+        .route("/_sim/reset", post(reset))
+}
+
+/// A control call's error, answered as `{"error": "..."}`.
+#[derive(Debug)]
+struct ControlError(StatusCode, String);
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn parse_supplier(name: &str) -> Result<Supplier, ControlError> {
+    name.parse::<Supplier>().map_err(|e| ControlError(StatusCode::NOT_FOUND, format!("supplier {e}")))
+}
+
+async fn get_calls(State(sim): State<Simulator>) -> axum::Json<CallCounts> {
+    axum::Json(sim.calls())
+}
+
+async fn get_token_calls(State(sim): State<Simulator>, Path(token): Path<String>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "calls": sim.token_calls(&token) }))
+}
+
+async fn put_script(
+    State(sim): State<Simulator>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ControlError> {
+    sim.script(&token, parse_body(&body)?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_script(State(sim): State<Simulator>, Path(token): Path<String>) -> StatusCode {
+    sim.script(&token, Vec::new());
+    StatusCode::NO_CONTENT
+}
+
+async fn get_default(State(sim): State<Simulator>) -> axum::Json<Step> {
+    axum::Json(sim.default_step())
+}
+
+async fn put_default(State(sim): State<Simulator>, body: Bytes) -> Result<StatusCode, ControlError> {
+    sim.set_default_step(parse_body(&body)?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_outage(State(sim): State<Simulator>, Path(supplier): Path<String>) -> Result<StatusCode, ControlError> {
+    sim.set_outage(parse_supplier(&supplier)?, true);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end_outage(State(sim): State<Simulator>, Path(supplier): Path<String>) -> Result<StatusCode, ControlError> {
+    sim.set_outage(parse_supplier(&supplier)?, false);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn expire_sessions(State(sim): State<Simulator>) -> StatusCode {
+    sim.expire_emis_sessions();
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(sim): State<Simulator>) -> StatusCode {
+    sim.reset();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_step_through_and_repeat_the_last() {
+        let sim = Simulator::default();
+        sim.script("t", vec![Step::new(Behaviour::Unavailable), Step::new(Behaviour::Valid)]);
+        let got: Vec<Behaviour> = (0..4).map(|_| sim.next_step("t").behaviour).collect();
+        assert_eq!(got, [Behaviour::Unavailable, Behaviour::Valid, Behaviour::Valid, Behaviour::Valid]);
+        assert_eq!(sim.next_step("other").behaviour, Behaviour::Valid);
+        sim.set_default(Behaviour::Garbage);
+        assert_eq!(sim.next_step("other").behaviour, Behaviour::Garbage);
+        sim.script("t", vec![]);
+        assert_eq!(sim.next_step("t").behaviour, Behaviour::Garbage);
+    }
+
+    #[test]
+    fn token_counting_can_be_off() {
+        let sim = Simulator::new(Scenario { count_by_token: false, ..Scenario::default() });
+        sim.count_token("t");
+        assert_eq!(sim.token_calls("t"), 0);
+        let sim = Simulator::default();
+        sim.count_token("t");
+        sim.count_token("t");
+        assert_eq!(sim.token_calls("t"), 2);
+        sim.reset();
+        assert_eq!(sim.token_calls("t"), 0);
+    }
+
+    #[test]
+    fn scenario_scripts_and_rates_are_loaded() {
+        let scenario = Scenario::from_json(r#"{"error_rate": 1.0, "tokens": {"a": ["not_registered"]}}"#).unwrap();
+        let sim = Simulator::new(scenario);
+        assert!(sim.inject_error());
+        assert_eq!(sim.next_step("a").behaviour, Behaviour::NotRegistered);
+        let sim = Simulator::new(Scenario { error_rate: f64::NAN, ..Scenario::default() });
+        assert!(!sim.inject_error());
+    }
+}

@@ -1,0 +1,343 @@
+//! Claims and write-back: the sweep's two statements per batch.
+//!
+//! A claim takes a batch of one supplier's due rows with `FOR UPDATE SKIP LOCKED` inside a
+//! CTE and stamps each with a lease expiry, our process id and a fresh fencing token, in
+//! one short transaction; no transaction is held across a supplier call. The write-back is
+//! one statement per batch: it updates only rows whose fence still matches (so a verdict
+//! from a lost lease, or about a token replaced meanwhile, is dropped), appends the event
+//! rows and sends the notifications in the same statement, hence the same transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{StandingColumns, StandingRow};
+use crate::model::{Status, Supplier};
+use crate::policy::Decision;
+
+/// A claimed credential, still encrypted.
+#[derive(Debug)]
+pub struct Claimed {
+    pub user_id: String,
+    pub supplier: Supplier,
+    pub ods_code: String,
+    pub token_ciphertext: Option<Vec<u8>>,
+    pub standing: crate::policy::Standing,
+    pub fence: i64,
+}
+
+/// Claims up to `limit` of `supplier`'s credentials that were due at `due_by` and are not
+/// leased by a live claim at `now`.
+pub async fn claim(
+    pool: &PgPool,
+    supplier: Supplier,
+    due_by: DateTime<Utc>,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Claimed>> {
+    let rows = sqlx::query!(
+        r#"
+        WITH due AS (
+            SELECT user_id
+              FROM im1_credentials
+             WHERE supplier = $1
+               AND status <> 'unsupported'
+               AND next_check_at <= $2
+               AND (lease_expires_at IS NULL OR lease_expires_at <= $3)
+             ORDER BY next_check_at
+             LIMIT $4
+               FOR UPDATE SKIP LOCKED
+        )
+        UPDATE im1_credentials c
+           SET lease_expires_at = $5,
+               lease_owner = $6,
+               fence = c.fence + 1
+          FROM due
+         WHERE c.user_id = due.user_id
+        RETURNING c.user_id, c.ods_code, c.token_ciphertext, c.fence,
+                  c.status, c.reason, c.refresh_required, c.refresh_attempts,
+                  c.refresh_suppressed_until, c.strike_at, c.strike_reason, c.last_checked_at,
+                  c.last_outcome, c.last_verified_at, c.invalidated_at, c.failures
+        "#,
+        supplier.as_str(),
+        due_by,
+        now,
+        limit,
+        lease_until,
+        owner,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Claimed {
+            user_id: r.user_id,
+            supplier,
+            ods_code: r.ods_code,
+            token_ciphertext: r.token_ciphertext,
+            fence: r.fence,
+            standing: StandingRow {
+                status: r.status,
+                reason: r.reason,
+                refresh_required: r.refresh_required,
+                refresh_attempts: r.refresh_attempts,
+                refresh_suppressed_until: r.refresh_suppressed_until,
+                strike_at: r.strike_at,
+                strike_reason: r.strike_reason,
+                last_checked_at: r.last_checked_at,
+                last_outcome: r.last_outcome,
+                last_verified_at: r.last_verified_at,
+                invalidated_at: r.invalidated_at,
+                failures: r.failures,
+            }
+            .into_standing(),
+        })
+        .collect())
+}
+
+/// Reads due credentials without claiming them, for `sweep --dry-run`: keyset pages in
+/// (next_check_at, user_id) order after `after`.
+pub async fn peek_due(
+    pool: &PgPool,
+    supplier: Supplier,
+    due_by: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> sqlx::Result<Vec<(Claimed, DateTime<Utc>)>> {
+    let (after_at, after_user) = match after {
+        Some((at, user)) => (Some(at), user),
+        None => (None, String::new()),
+    };
+    let rows = sqlx::query!(
+        r#"
+        SELECT user_id, ods_code, token_ciphertext, fence, next_check_at,
+               status, reason, refresh_required, refresh_attempts,
+               refresh_suppressed_until, strike_at, strike_reason, last_checked_at,
+               last_outcome, last_verified_at, invalidated_at, failures
+          FROM im1_credentials
+         WHERE supplier = $1
+           AND status <> 'unsupported'
+           AND next_check_at <= $2
+           AND ($3::timestamptz IS NULL OR (next_check_at, user_id) > ($3, $4))
+         ORDER BY next_check_at, user_id
+         LIMIT $5
+        "#,
+        supplier.as_str(),
+        due_by,
+        after_at,
+        after_user,
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let claimed = Claimed {
+                user_id: r.user_id,
+                supplier,
+                ods_code: r.ods_code,
+                token_ciphertext: r.token_ciphertext,
+                fence: r.fence,
+                standing: StandingRow {
+                    status: r.status,
+                    reason: r.reason,
+                    refresh_required: r.refresh_required,
+                    refresh_attempts: r.refresh_attempts,
+                    refresh_suppressed_until: r.refresh_suppressed_until,
+                    strike_at: r.strike_at,
+                    strike_reason: r.strike_reason,
+                    last_checked_at: r.last_checked_at,
+                    last_outcome: r.last_outcome,
+                    last_verified_at: r.last_verified_at,
+                    invalidated_at: r.invalidated_at,
+                    failures: r.failures,
+                }
+                .into_standing(),
+            };
+            (claimed, r.next_check_at)
+        })
+        .collect())
+}
+
+/// One check's result, ready to be written.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub user_id: String,
+    pub fence: i64,
+    pub from_status: Status,
+    pub decision: Decision,
+    /// The supplier's evidence (status, code, message; scrubbed of any token text).
+    pub evidence: serde_json::Value,
+}
+
+/// What a batch write achieved.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Rows updated (their fence still matched).
+    pub written: u64,
+    /// Event rows appended.
+    pub events: u64,
+    /// Users whose verdict was dropped: the fence no longer matched.
+    pub lost: Vec<String>,
+}
+
+/// Writes a batch of verdicts, their events and notifications, in one statement.
+pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>) -> sqlx::Result<Written> {
+    if verdicts.is_empty() {
+        return Ok(Written::default());
+    }
+    let n = verdicts.len();
+    let mut user_id = Vec::with_capacity(n);
+    let mut fence = Vec::with_capacity(n);
+    let mut from_status = Vec::with_capacity(n);
+    let mut next_check_at = Vec::with_capacity(n);
+    let mut event = Vec::with_capacity(n);
+    let mut notify = Vec::with_capacity(n);
+    let mut evidence = Vec::with_capacity(n);
+    let mut cols = StandingColumns::with_capacity(n);
+    for v in verdicts {
+        user_id.push(v.user_id.clone());
+        fence.push(v.fence);
+        from_status.push(v.from_status.as_str().to_owned());
+        next_check_at.push(v.decision.next_check_at);
+        event.push(v.decision.event);
+        notify.push(v.decision.notify);
+        evidence.push(v.evidence.to_string());
+        cols.push(&v.decision.standing);
+    }
+    let row = sqlx::query!(
+        r#"
+        WITH v AS (
+            SELECT *
+              FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[], $6::int4[],
+                          $7::timestamptz[], $8::timestamptz[], $9::text[], $10::timestamptz[],
+                          $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int4[],
+                          $15::timestamptz[], $16::text[], $17::bool[], $18::bool[], $19::text[])
+                AS v(user_id, fence, status, reason, refresh_required, refresh_attempts,
+                     refresh_suppressed_until, strike_at, strike_reason, last_checked_at,
+                     last_outcome, last_verified_at, invalidated_at, failures,
+                     next_check_at, from_status, emit_event, emit_notify, evidence)
+        ),
+        u AS (
+            UPDATE im1_credentials c
+               SET status = v.status,
+                   reason = v.reason,
+                   refresh_required = v.refresh_required,
+                   refresh_attempts = v.refresh_attempts,
+                   refresh_suppressed_until = v.refresh_suppressed_until,
+                   strike_at = v.strike_at,
+                   strike_reason = v.strike_reason,
+                   last_checked_at = v.last_checked_at,
+                   last_outcome = v.last_outcome,
+                   last_verified_at = v.last_verified_at,
+                   invalidated_at = v.invalidated_at,
+                   failures = v.failures,
+                   next_check_at = v.next_check_at,
+                   lease_expires_at = NULL,
+                   lease_owner = NULL,
+                   updated_at = $20
+              FROM v
+             WHERE c.user_id = v.user_id
+               AND c.fence = v.fence
+            RETURNING c.user_id, c.supplier, c.ods_code
+        ),
+        e AS (
+            INSERT INTO im1_credential_events
+                   (user_id, supplier, ods_code, at, kind, from_status, to_status, outcome,
+                    reason, refresh_required, evidence)
+            SELECT u.user_id, u.supplier, u.ods_code, $20, 'check', v.from_status, v.status,
+                   v.last_outcome, v.reason, v.refresh_required, v.evidence::jsonb
+              FROM u JOIN v ON v.user_id = u.user_id
+             WHERE v.emit_event
+            RETURNING 1
+        ),
+        n AS (
+            SELECT pg_notify('im1_credential_status',
+                             json_build_object('user_id', v.user_id, 'status', v.status,
+                                               'refresh_required', v.refresh_required)::text)
+              FROM u JOIN v ON v.user_id = u.user_id
+             WHERE v.emit_notify
+        )
+        SELECT (SELECT count(*) FROM u) AS "written!",
+               (SELECT count(*) FROM e) AS "events!",
+               (SELECT count(*) FROM n) AS "notified!",
+               ARRAY(SELECT v.user_id FROM v WHERE v.user_id NOT IN (SELECT u.user_id FROM u)) AS "lost!"
+        "#,
+        &user_id,
+        &fence,
+        &cols.status,
+        &cols.reason as &[Option<String>],
+        &cols.refresh_required,
+        &cols.refresh_attempts,
+        &cols.refresh_suppressed_until as &[Option<DateTime<Utc>>],
+        &cols.strike_at as &[Option<DateTime<Utc>>],
+        &cols.strike_reason as &[Option<String>],
+        &cols.last_checked_at as &[Option<DateTime<Utc>>],
+        &cols.last_outcome as &[Option<String>],
+        &cols.last_verified_at as &[Option<DateTime<Utc>>],
+        &cols.invalidated_at as &[Option<DateTime<Utc>>],
+        &cols.failures,
+        &next_check_at,
+        &from_status,
+        &event,
+        &notify,
+        &evidence,
+        now,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Written { written: row.written as u64, events: row.events as u64, lost: row.lost })
+}
+
+/// Extends the leases of claims we still hold (heartbeat). Returns how many were extended.
+pub async fn extend_leases(
+    pool: &PgPool,
+    claims: &[(String, i64)],
+    owner: Uuid,
+    lease_until: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let (ids, fences): (Vec<String>, Vec<i64>) = claims.iter().cloned().unzip();
+    let done = sqlx::query!(
+        r#"
+        UPDATE im1_credentials c
+           SET lease_expires_at = $4
+          FROM UNNEST($1::text[], $2::int8[]) AS k(user_id, fence)
+         WHERE c.user_id = k.user_id AND c.fence = k.fence AND c.lease_owner = $3
+        "#,
+        &ids,
+        &fences,
+        owner,
+        lease_until,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives claims back without a verdict (shutdown): they are due again at once for anyone.
+pub async fn release(pool: &PgPool, claims: &[(String, i64)], owner: Uuid) -> sqlx::Result<u64> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let (ids, fences): (Vec<String>, Vec<i64>) = claims.iter().cloned().unzip();
+    let done = sqlx::query!(
+        r#"
+        UPDATE im1_credentials c
+           SET lease_expires_at = NULL, lease_owner = NULL
+          FROM UNNEST($1::text[], $2::int8[]) AS k(user_id, fence)
+         WHERE c.user_id = k.user_id AND c.fence = k.fence AND c.lease_owner = $3
+        "#,
+        &ids,
+        &fences,
+        owner,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

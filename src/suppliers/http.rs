@@ -1,0 +1,127 @@
+//! The one HTTP client every adapter shares, with bounded reads: an answer is read up to
+//! [`MAX_BODY`] before anything else looks at it, and a larger one is a transport error.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+/// Largest answer body read from a supplier.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A failure to get a complete HTTP answer. Always transient.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the request timed out")]
+    Timeout,
+    #[error("could not connect")]
+    Connect,
+    #[error("TLS handshake failed")]
+    Tls,
+    #[error("the answer was larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("the connection failed mid-request")]
+    Other,
+}
+
+impl TransportError {
+    /// The short evidence label for this failure.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            TransportError::Timeout => "timeout",
+            TransportError::Connect => "connect",
+            TransportError::Tls => "tls",
+            TransportError::BodyTooLarge => "body_too_large",
+            TransportError::Other => "transport",
+        }
+    }
+
+    /// Classifies a reqwest error without keeping its text (it can carry URLs).
+    pub fn from_reqwest(err: &reqwest::Error) -> Self {
+        if err.is_timeout() {
+            return TransportError::Timeout;
+        }
+        let mut source: Option<&dyn std::error::Error> = Some(err);
+        while let Some(e) = source {
+            if e.is::<rustls::Error>() {
+                return TransportError::Tls;
+            }
+            source = e.source();
+        }
+        if err.is_connect() { TransportError::Connect } else { TransportError::Other }
+    }
+}
+
+/// A complete HTTP answer, body bounded.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// `Retry-After` as seconds or an HTTP date, relative to `now`.
+    pub fn retry_after(&self, now: std::time::SystemTime) -> Option<Duration> {
+        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        let when = std::time::SystemTime::from(when);
+        Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// The shared client. Cheap to clone (reqwest's client is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: reqwest::Client,
+}
+
+impl HttpClient {
+    pub fn new(client: reqwest::Client) -> Self {
+        HttpClient { client }
+    }
+
+    pub fn inner(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends a request and reads the whole answer, up to [`MAX_BODY`].
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawAnswer, TransportError> {
+        let mut response = request.send().await.map_err(|e| TransportError::from_reqwest(&e))?;
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(TransportError::BodyTooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| TransportError::from_reqwest(&e))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(TransportError::BodyTooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(RawAnswer { status, headers, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "120".parse().unwrap());
+        let answer = RawAnswer { status: 429, headers, body: vec![] };
+        assert_eq!(answer.retry_after(std::time::SystemTime::now()), Some(Duration::from_secs(120)));
+
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let later = chrono::DateTime::from_timestamp(1_700_000_090, 0).unwrap().to_rfc2822();
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, later.parse().unwrap());
+        let answer = RawAnswer { status: 503, headers, body: vec![] };
+        assert_eq!(answer.retry_after(now), Some(Duration::from_secs(90)));
+    }
+}

@@ -1,0 +1,152 @@
+//! GP system adapters. Each one only builds requests and classifies answers (im1-wire.md);
+//! the sweep runner owns scheduling, timeouts, concurrency, persistence and metrics.
+//!
+//! The rule above all rules: only a row of a supplier's table whose outcome says invalid
+//! yields [`Outcome::Invalid`]; everything unrecognised is [`Outcome::Transient`].
+
+pub mod emis;
+pub mod http;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{Reason, Supplier};
+use crate::token::Token;
+
+pub use http::{HttpClient, RawAnswer, TransportError};
+
+/// What one check of one token came to, as the supplier answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A positive success shape.
+    Valid,
+    /// An explicit rejection of the token, by a listed row.
+    Invalid(Reason),
+    /// Anything that is not a verdict on the token; `retry_after` when the supplier said.
+    Transient { retry_after: Option<Duration> },
+    /// The practice cannot serve patient-facing requests (not live, services disabled).
+    PracticeUnavailable,
+    /// The supplier says our own configuration is wrong (provider id, signing, certificate).
+    SupplierConfigError,
+}
+
+impl Outcome {
+    pub fn transient() -> Self {
+        Outcome::Transient { retry_after: None }
+    }
+
+    /// Label used in metrics and logs (`transient`, `invalid`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Valid => "valid",
+            Outcome::Invalid(_) => "invalid",
+            Outcome::Transient { .. } => "transient",
+            Outcome::PracticeUnavailable => "practice_unavailable",
+            Outcome::SupplierConfigError => "supplier_config_error",
+        }
+    }
+}
+
+/// What the supplier said, kept with every event row so an operator can see why a
+/// verdict was reached. Never holds a token: messages are scrubbed by the runner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Our own note when there was no supplier answer to quote (`timeout`, `connect`,
+    /// `body_too_large`, `unparseable`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Evidence {
+    pub fn detail(detail: impl Into<String>) -> Self {
+        Evidence { detail: Some(detail.into()), ..Default::default() }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Evidence { http_status: Some(status), ..Default::default() }
+    }
+
+    /// Longest message kept, in characters.
+    pub const MAX_MESSAGE: usize = 500;
+
+    /// Removes any token text from the messages and bounds their length.
+    pub fn scrub(&mut self, secrets: &[&str]) {
+        for field in [&mut self.code, &mut self.message, &mut self.detail].into_iter().flatten() {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if field.contains(secret) {
+                    *field = field.replace(secret, "[REDACTED]");
+                }
+            }
+            if field.chars().count() > Self::MAX_MESSAGE {
+                *field = field.chars().take(Self::MAX_MESSAGE).collect::<String>() + "…";
+            }
+        }
+    }
+}
+
+/// An outcome with its evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    pub evidence: Evidence,
+}
+
+impl Answer {
+    pub fn new(outcome: Outcome, evidence: Evidence) -> Self {
+        Answer { outcome, evidence }
+    }
+
+    /// The transient answer for a failure to get any HTTP answer at all.
+    pub fn from_transport(err: &TransportError) -> Self {
+        Answer::new(Outcome::transient(), Evidence::detail(err.detail()))
+    }
+}
+
+/// What a check needs to know about the credential.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckTarget<'a> {
+    pub ods_code: &'a str,
+    pub token: &'a Token,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One GP system's check conversation. Implementations hold their configuration and any
+/// reusable session state; the HTTP client is shared across all of them.
+pub trait Adapter: Send + Sync {
+    fn supplier(&self) -> Supplier;
+
+    /// Tests one token. Never fails: every failure is classified into an [`Answer`].
+    fn check<'a>(&'a self, target: CheckTarget<'a>) -> BoxFuture<'a, Answer>;
+}
+
+/// Adapters for every configured supplier, sharing one HTTP client.
+pub fn build(
+    settings: &crate::config::Settings,
+    http: &HttpClient,
+) -> std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> {
+    let mut adapters: std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> =
+        std::collections::HashMap::new();
+    for supplier in Supplier::CHECKABLE {
+        let Some(cfg) = settings.supplier(*supplier) else { continue };
+        match supplier {
+            Supplier::Emis => {
+                let adapter = emis::EmisAdapter::new(http.clone(), &cfg.url, cfg.id.clone(), settings.http_timeout);
+                adapters.insert(Supplier::Emis, std::sync::Arc::new(adapter));
+            }
+            other => {
+                tracing::warn!(supplier = %other, "no adapter for this supplier yet: its credentials are not checked")
+            }
+        }
+    }
+    adapters
+}

@@ -1,0 +1,440 @@
+//! The runner: the one place with loops, concurrency, limits and write-back.
+//!
+//! A sweep claims due credentials in batches (one statement per batch), checks each with
+//! its supplier's adapter under a concurrency limit and a per-check timeout, turns each
+//! answer into a decision with [`crate::policy`], and writes decisions back in batches
+//! (one statement per batch, fenced). A heartbeat extends the leases of claims still in
+//! flight; on shutdown the runner stops claiming, lets in-flight checks finish within the
+//! grace period, and gives back every claim it could not finish.
+
+mod check;
+pub mod schedule;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::crypto::Keyring;
+use crate::metrics::Metrics;
+use crate::model::Supplier;
+use crate::policy::Rules;
+use crate::shutdown::Shutdown;
+use crate::store;
+use crate::suppliers::Adapter;
+
+pub use check::Done;
+pub use writer::Change;
+
+/// Limits a sweep runs under.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Checks in flight at once (`IM1_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Rows per claim and per write-back statement.
+    pub batch_size: usize,
+    /// How long a claim blocks others if we die (`IM1_LEASE`).
+    pub lease: Duration,
+    /// One whole check (`IM1_CHECK_TIMEOUT`).
+    pub check_timeout: Duration,
+    /// How long in-flight checks may finish after shutdown (`IM1_SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The batch size that measured best (see benches/sweep.rs): large enough that the
+    /// two statements per batch cost little per check, small enough that a batch does
+    /// not wait long for the last of its checks.
+    pub fn batch_for(concurrency: usize) -> usize {
+        concurrency.clamp(100, 500)
+    }
+}
+
+/// Everything a sweep needs, built once per process and shared by every sweep.
+pub struct Engine {
+    pub pool: PgPool,
+    pub clock: SharedClock,
+    pub keys: Arc<Keyring>,
+    pub adapters: HashMap<Supplier, Arc<dyn Adapter>>,
+    pub metrics: Arc<Metrics>,
+    pub rules: Rules,
+    pub limits: Limits,
+    /// This process's id: the lease owner of its claims, and its sweeps' recorder.
+    pub process_id: Uuid,
+    /// Checks completed by the running sweep, for progress displays and liveness.
+    pub progress: Arc<AtomicU64>,
+}
+
+/// What starts a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Command,
+    Demo,
+    Bench,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Command => "command",
+            Trigger::Demo => "demo",
+            Trigger::Bench => "bench",
+        }
+    }
+}
+
+/// One sweep's request.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepRequest {
+    pub supplier: Option<Supplier>,
+    pub dry_run: bool,
+    pub trigger: Trigger,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SweepReport {
+    pub started_at: Option<DateTime<Utc>>,
+    pub checks: u64,
+    /// Checks per `last_outcome` (valid, suspect, invalid, transient, ...).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Status changes written (or, in a dry run, that would be).
+    pub status_changes: u64,
+    /// Users newly flagged `refresh_required`.
+    pub newly_refresh_required: u64,
+    /// Verdicts dropped because the claim was lost or the token replaced meanwhile.
+    pub leases_lost: u64,
+    /// Claims given back unchecked at shutdown.
+    pub released: u64,
+    /// The sweep stopped early because shutdown was requested.
+    pub interrupted: bool,
+    /// In a dry run: the changes that would have been written (the first 1,000).
+    pub changes: Vec<Change>,
+    pub seconds: f64,
+}
+
+/// Longest list of dry-run changes kept in a report.
+const MAX_REPORTED_CHANGES: usize = 1000;
+
+impl Engine {
+    /// Suppliers this sweep covers: the configured ones, narrowed by the request.
+    pub fn suppliers_for(&self, request: &SweepRequest) -> Vec<Supplier> {
+        let mut suppliers: Vec<Supplier> = self.adapters.keys().copied().collect();
+        suppliers.sort();
+        suppliers.retain(|s| request.supplier.is_none_or(|only| only == *s));
+        suppliers
+    }
+
+    /// One pass over every credential due when the sweep starts.
+    ///
+    /// Returns an error only for database failures; supplier trouble is in the report.
+    #[tracing::instrument(skip_all, fields(trigger = request.trigger.as_str(), supplier = ?request.supplier, dry_run = request.dry_run))]
+    pub async fn sweep(&self, request: SweepRequest, shutdown: Shutdown) -> anyhow::Result<SweepReport> {
+        let started = Instant::now();
+        let due_by = self.clock.now();
+        let suppliers = self.suppliers_for(&request);
+        let sweep_id = if request.dry_run {
+            None
+        } else {
+            Some(
+                store::sweeps::start(&self.pool, self.process_id, request.trigger.as_str(), request.supplier, due_by)
+                    .await
+                    .context("recording the sweep's start")?,
+            )
+        };
+        tracing::info!(suppliers = ?suppliers, "sweep started");
+        self.progress.store(0, Ordering::Relaxed);
+
+        let result = self.run_pipeline(&suppliers, due_by, request.dry_run, shutdown).await;
+        let seconds = started.elapsed().as_secs_f64();
+
+        let (mut report, error) = match result {
+            Ok(report) => (report, None),
+            Err((report, e)) => (report, Some(e)),
+        };
+        report.started_at = Some(due_by);
+        report.seconds = seconds;
+        let succeeded = error.is_none() && !report.interrupted;
+        if let Some(id) = sweep_id {
+            let outcomes = serde_json::to_value(&report.outcomes).unwrap_or_default();
+            let error_text = match (&error, report.interrupted) {
+                (Some(e), _) => Some(format!("{e:#}")),
+                (None, true) => Some("interrupted by shutdown".to_owned()),
+                (None, false) => None,
+            };
+            // Recording the end is best effort when the database itself was the failure.
+            let finish = store::sweeps::finish(
+                &self.pool,
+                id,
+                self.clock.now(),
+                succeeded,
+                report.checks,
+                &outcomes,
+                error_text.as_deref(),
+            )
+            .await;
+            if let Err(e) = finish {
+                tracing::warn!(error = %e, "could not record the sweep's end");
+            }
+            self.metrics.sweep_duration.observe(seconds);
+        }
+        let result_label = if error.is_some() {
+            "failed"
+        } else if report.interrupted {
+            "interrupted"
+        } else {
+            "completed"
+        };
+        self.metrics
+            .sweeps
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                supplier: request.supplier.map_or("all", |s| s.as_str()).to_owned(),
+                outcome: result_label.to_owned(),
+            })
+            .inc();
+        tracing::info!(
+            checks = report.checks,
+            outcomes = ?report.outcomes,
+            status_changes = report.status_changes,
+            leases_lost = report.leases_lost,
+            released = report.released,
+            seconds,
+            result = result_label,
+            "sweep finished"
+        );
+        match error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    async fn run_pipeline(
+        &self,
+        suppliers: &[Supplier],
+        due_by: DateTime<Utc>,
+        dry_run: bool,
+        mut shutdown: Shutdown,
+    ) -> Result<SweepReport, (SweepReport, anyhow::Error)> {
+        let batch = self.limits.batch_size.max(1);
+        let ctx = Arc::new(check::Context::from_engine(self));
+        let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = mpsc::channel::<Done>(batch * 2);
+        let writer = tokio::spawn(
+            writer::Writer {
+                pool: self.pool.clone(),
+                clock: self.clock.clone(),
+                metrics: self.metrics.clone(),
+                in_flight: in_flight.clone(),
+                batch,
+                dry_run,
+                max_changes: MAX_REPORTED_CHANGES,
+                progress: self.progress.clone(),
+            }
+            .run(rx),
+        );
+        let (hb_stop, hb_stopped) = tokio::sync::oneshot::channel::<()>();
+        let heartbeat = (!dry_run).then(|| {
+            tokio::spawn(heartbeat(
+                self.pool.clone(),
+                self.clock.clone(),
+                self.process_id,
+                self.limits.lease,
+                in_flight.clone(),
+                hb_stopped,
+            ))
+        });
+
+        // The window bounds rows held in memory (claimed, not yet handed to the writer);
+        // `running` bounds checks in flight.
+        let window = Arc::new(Semaphore::new(self.limits.concurrency + batch));
+        let running = Arc::new(Semaphore::new(self.limits.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut active: Vec<Supplier> = suppliers.to_vec();
+        let mut cursors: HashMap<Supplier, (DateTime<Utc>, String)> = HashMap::new();
+        let mut turn = 0usize;
+        let mut interrupted = false;
+        let mut failure: Option<anyhow::Error> = None;
+
+        while !active.is_empty() {
+            let mut permits = tokio::select! {
+                biased;
+                _ = shutdown.wait() => { interrupted = true; break; }
+                p = window.clone().acquire_many_owned(batch as u32) => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let slot = turn % active.len();
+            let supplier = active[slot];
+            let rows = if dry_run {
+                let after = cursors.get(&supplier).cloned();
+                store::claims::peek_due(&self.pool, supplier, due_by, after, batch as i64).await.map(|rows| {
+                    if let Some((last, at)) = rows.last() {
+                        cursors.insert(supplier, (*at, last.user_id.clone()));
+                    }
+                    rows.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
+                })
+            } else {
+                let now = self.clock.now();
+                store::claims::claim(
+                    &self.pool,
+                    supplier,
+                    due_by,
+                    now,
+                    now + delta(self.limits.lease),
+                    self.process_id,
+                    batch as i64,
+                )
+                .await
+            };
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    failure = Some(anyhow::Error::new(e).context(format!("claiming {supplier} credentials")));
+                    break;
+                }
+            };
+            if rows.len() < batch {
+                active.remove(slot);
+            } else {
+                turn += 1;
+            }
+            if !dry_run {
+                let mut held = lock(&in_flight);
+                for row in &rows {
+                    held.insert(row.user_id.clone(), row.fence);
+                }
+            }
+            for row in rows {
+                let Some(permit) = permits.split(1) else { break };
+                let ctx = ctx.clone();
+                let running = running.clone();
+                let tx = tx.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    let done = ctx.run(row, running, shutdown).await;
+                    // The window permit is held until the writer has the result.
+                    let _ = tx.send(done).await;
+                    drop(permit);
+                });
+            }
+            drop(permits);
+            while let Some(joined) = tasks.try_join_next() {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "a check task failed");
+                }
+            }
+        }
+        if shutdown.is_triggered() {
+            interrupted = true;
+        }
+
+        // Drain: without a shutdown, in-flight checks simply finish (each is bounded by
+        // its timeout); once shutdown comes, whenever it comes, they have the grace period.
+        let mut deadline = interrupted.then(|| tokio::time::Instant::now() + self.limits.shutdown_grace);
+        loop {
+            let joined = match deadline {
+                None => tokio::select! {
+                    joined = tasks.join_next() => joined,
+                    _ = shutdown.wait() => {
+                        interrupted = true;
+                        deadline = Some(tokio::time::Instant::now() + self.limits.shutdown_grace);
+                        continue;
+                    }
+                },
+                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        tracing::warn!(left = tasks.len(), "shutdown grace ran out: giving back unfinished claims");
+                        tasks.shutdown().await;
+                        break;
+                    }
+                },
+            };
+            match joined {
+                None => break,
+                Some(Err(e)) => tracing::error!(error = %e, "a check task failed"),
+                Some(Ok(())) => {}
+            }
+        }
+        drop(tx);
+        let mut report = match writer.await {
+            Ok(Ok(report)) => report,
+            Ok(Err((report, e))) => {
+                failure.get_or_insert(e);
+                report
+            }
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("the write-back task failed: {e}"));
+                SweepReport::default()
+            }
+        };
+        let _ = hb_stop.send(());
+        if let Some(hb) = heartbeat {
+            let _ = hb.await;
+        }
+        // Whatever is still held was never written: give it back so others need not
+        // wait for the lease to run out.
+        let leftover: Vec<(String, i64)> = lock(&in_flight).drain().collect();
+        if !leftover.is_empty() && !dry_run {
+            match store::claims::release(&self.pool, &leftover, self.process_id).await {
+                Ok(n) => report.released += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, claims = leftover.len(), "could not give back claims; their leases will expire")
+                }
+            }
+        }
+        report.interrupted = interrupted;
+        match failure {
+            Some(e) => Err((report, e)),
+            None => Ok(report),
+        }
+    }
+}
+
+/// Extends the leases of claims still in flight, every third of a lease.
+async fn heartbeat(
+    pool: PgPool,
+    clock: SharedClock,
+    owner: Uuid,
+    lease: Duration,
+    in_flight: InFlight,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let every = (lease / 3).max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let held: Vec<(String, i64)> = lock(&in_flight).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let until = clock.now() + delta(lease);
+        if let Err(e) = store::claims::extend_leases(&pool, &held, owner, until).await {
+            tracing::warn!(error = %e, "could not extend leases");
+        }
+    }
+}
+
+/// Claims this process holds and has not written back: user id → fence.
+pub(crate) type InFlight = Arc<Mutex<HashMap<String, i64>>>;
+
+/// Locks a mutex that no code path poisons (no panics while held); a poisoned one is
+/// still usable because every critical section leaves the map consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}

@@ -1,0 +1,94 @@
+//! The `run` loop: `select!{ sleep_until(next fire), shutdown }`, one sweep at a time,
+//! never overlapping. Fire times come from the cron expression in `IM1_TIMEZONE`
+//! (croner, so daylight-saving changes neither skip nor double a run).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Schedule;
+use crate::shutdown::Shutdown;
+
+use super::{Engine, SweepRequest, Trigger};
+
+/// Proof of life for `/healthz`: the scheduler loop and running sweeps tick it.
+#[derive(Debug)]
+pub struct Liveness {
+    started: Instant,
+    last_tick_ms: AtomicI64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness { started: Instant::now(), last_tick_ms: AtomicI64::new(0) }
+    }
+}
+
+impl Liveness {
+    pub fn tick(&self) {
+        self.last_tick_ms.store(self.started.elapsed().as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// The loop ticked within `within`.
+    pub fn alive(&self, within: Duration) -> bool {
+        let last = self.last_tick_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as i64;
+        now - last <= within.as_millis() as i64
+    }
+}
+
+/// How often the idle loop wakes to prove it is alive.
+const TICK: Duration = Duration::from_secs(5);
+
+/// Sweeps on `schedule` until `shutdown`. A failed sweep (database down) is logged and the
+/// loop carries on: the next fire tries again.
+pub async fn run(
+    engine: Arc<Engine>,
+    schedule: Schedule,
+    tz: chrono_tz::Tz,
+    liveness: Arc<Liveness>,
+    mut shutdown: Shutdown,
+) {
+    liveness.tick();
+    if matches!(schedule, Schedule::Off) {
+        tracing::info!("IM1_SCHEDULE=off: serving the admin port without sweeping");
+        engine.metrics.next_sweep.set(0.0);
+    }
+    loop {
+        let now = engine.clock.now();
+        let next = schedule.next_after(now, tz);
+        if let Some(next) = next {
+            engine.metrics.next_sweep.set(next.timestamp_millis() as f64 / 1000.0);
+        }
+        // Sleep towards the next fire in short steps, ticking liveness on each.
+        let wait = next.map_or(TICK, |next| (next - now).to_std().unwrap_or(Duration::ZERO).min(TICK));
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        liveness.tick();
+        let Some(next) = next else { continue };
+        if engine.clock.now() < next {
+            continue;
+        }
+        // Progress of the sweep keeps liveness ticking while it runs.
+        let ticker = {
+            let liveness = liveness.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TICK).await;
+                    liveness.tick();
+                }
+            })
+        };
+        let request = SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Schedule };
+        if let Err(e) = engine.sweep(request, shutdown.clone()).await {
+            tracing::error!(error = format!("{e:#}"), "scheduled sweep failed; the next fire will try again");
+        }
+        ticker.abort();
+        liveness.tick();
+        if shutdown.is_triggered() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The built binary, as operators and the acceptance scenarios run it: exit codes,
+//! messages, and that no token text reaches stdout or stderr.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_im1-revalidator");
+
+/// Runs the binary with a clean environment plus `env`, feeding `stdin`.
+fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn run_async(args: &[&str], env: Vec<(String, String)>, stdin: String) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&args, &env, &stdin)
+    })
+    .await
+    .unwrap()
+}
+
+fn base_env(pool: &PgPool) -> Vec<(String, String)> {
+    vec![("DATABASE_URL".into(), database_url(pool)), ("IM1_ENCRYPTION_KEYS".into(), KEY_A.into())]
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn import_rejects_the_whole_file_listing_every_bad_line(pool: PgPool) {
+    let file = [
+        r#"{"user_id":"u1","supplier":"emis","ods_code":"A81001","token":{"access_identity_guid":"SECRET-ONE"}}"#,
+        "",
+        r#"{"user_id":"u2","supplier":"emis","ods_code":"a81001","token":{"access_identity_guid":"SECRET-TWO"}}"#,
+        r#"{"user_id":"u3","supplier":"tpp","ods_code":"B81001","token":{"account_id":"SECRET-ACC"}}"#,
+        r#"not json SECRET-THREE"#,
+        r#"{"user_id":"u1","supplier":"emis","ods_code":"A81001","token":{"access_identity_guid":"SECRET-FOUR"}}"#,
+        r#"{"user_id":"u5","supplier":"vision","ods_code":"C81001","token":{"rosu_account_id":"r","api_key":"k","apikey":"SECRET-FIVE"}}"#,
+    ]
+    .join("\n");
+    let out = run_async(&["credentials", "import", "-"], base_env(&pool), file.clone()).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "line 3: ods_code: must be 3 to 10 uppercase letters and digits",
+        "line 4: token.passphrase: is required",
+        "line 5: line: is not valid JSON",
+        "line 6: user_id: repeats line 1",
+        "line 7: token.apikey: is not a vision token field",
+        "import rejected: 5 bad line(s) of 6; nothing was imported",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(!stdout.contains("SECRET") && !stderr.contains("SECRET"), "{stdout}{stderr}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 0, "all or nothing");
+
+    let out = run_async(&["credentials", "import", "--skip-invalid"], base_env(&pool), file).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("line 6: user_id: repeats line 1"));
+    assert!(stdout.contains("1 new"), "{stdout}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 1);
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn hostile_import_lines_are_rejected_cleanly(pool: PgPool) {
+    let mut file = Vec::new();
+    file.extend_from_slice(
+        br#"{"user_id":"u1","supplier":"emis","ods_code":"A81001","token":{"access_identity_guid":"g"}}"#,
+    );
+    file.push(b'\n');
+    file.extend_from_slice(&vec![b'x'; 200_000]);
+    file.push(b'\n');
+    file.extend_from_slice(b"{\"user_id\":\"u\xff\"}\n");
+    file.extend_from_slice(format!("{}{}\n", "[".repeat(10_000), "]".repeat(10_000)).as_bytes());
+    let path = std::env::temp_dir().join(format!("im1-hostile-{}.jsonl", uuid::Uuid::new_v4()));
+    std::fs::write(&path, &file).unwrap();
+    let out = run_async(&["credentials", "import", path.to_str().unwrap()], base_env(&pool), String::new()).await;
+    std::fs::remove_file(&path).ok();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: line is longer than 65536 bytes"), "{stderr}");
+    assert!(stderr.contains("line 3: line is not valid UTF-8"), "{stderr}");
+    assert!(stderr.contains("line 4: line: is nested too deeply"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[tokio::test]
+async fn bad_configuration_names_every_problem_and_exits_2() {
+    let out = run_async(
+        &["check-config"],
+        vec![
+            ("IM1_LEASE".into(), "2s".into()),
+            ("IM1_CONCURRENCY".into(), "lots".into()),
+            ("IM1_ENCRYPTION_KEYS".into(), "k1:SECRET-NOT-BASE64!".into()),
+            ("IM1_SCHEDULE".into(), "every tuesday".into()),
+        ],
+        String::new(),
+    )
+    .await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for var in ["IM1_LEASE", "IM1_CONCURRENCY", "IM1_ENCRYPTION_KEYS", "IM1_SCHEDULE"] {
+        assert!(stderr.contains(var), "{var} not named in:\n{stderr}");
+    }
+    assert!(!stderr.contains("SECRET"), "{stderr}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let out =
+        run_async(&["recheck"], vec![("DATABASE_URL".into(), "postgres://x@127.0.0.1/x".into())], String::new()).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--supplier S, --user U or --all"));
+    let out = run_async(&["no-such-command"], vec![], String::new()).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn sweep_status_and_recheck_through_the_binary_never_print_a_token(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.sim.script("SECRET-REVOKED", steps(&["not_registered"]));
+    app.sim.script("SECRET-DOWN", steps(&["server_error"]));
+    let lines = [
+        emis_line("good", "SECRET-GOOD").to_string(),
+        emis_line("revoked", "SECRET-REVOKED").to_string(),
+        emis_line("down", "SECRET-DOWN").to_string(),
+    ]
+    .join("\n");
+    let mut env = base_env(&pool);
+    env.extend([
+        ("IM1_EMIS_URL".to_owned(), app.running.emis_url()),
+        ("IM1_EMIS_APPLICATION_ID".to_owned(), "app".to_owned()),
+        ("IM1_CONFIRM_AFTER".to_owned(), "0s".to_owned()),
+        ("RUST_LOG".to_owned(), "debug".to_owned()),
+    ]);
+    let mut all_output = String::new();
+    let mut step = |out: Output, code: i32| {
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{o}\n{e}");
+        all_output.push_str(&o);
+        all_output.push_str(&e);
+        o
+    };
+    step(run_async(&["migrate"], env.clone(), String::new()).await, 0);
+    step(run_async(&["credentials", "import"], env.clone(), lines).await, 0);
+    let dry = step(run_async(&["sweep", "--dry-run"], env.clone(), String::new()).await, 0);
+    assert!(dry.contains("would change revoked (emis): unchecked -> unchecked, outcome suspect"), "{dry}");
+    step(run_async(&["sweep"], env.clone(), String::new()).await, 0);
+    step(run_async(&["sweep", "--supplier", "emis"], env.clone(), String::new()).await, 0);
+    step(run_async(&["recheck", "--all"], env.clone(), String::new()).await, 0);
+    let status = step(run_async(&["status", "--json"], env.clone(), String::new()).await, 0);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["suppliers"]["emis"]["statuses"]["valid"], 1);
+    assert_eq!(status["suppliers"]["emis"]["statuses"]["invalid"], 1);
+    assert_eq!(status["suppliers"]["emis"]["refresh_required"], 1);
+    let table = step(run_async(&["status"], env.clone(), String::new()).await, 0);
+    assert!(table.starts_with("supplier"), "{table}");
+    step(run_async(&["check-config"], env.clone(), String::new()).await, 0);
+    assert!(all_output.contains("credential standing changed"), "logs are written");
+    assert!(!all_output.contains("SECRET"), "a token leaked:\n{all_output}");
+    let events: String =
+        sqlx::query_scalar("SELECT coalesce(string_agg(e::text, ' '), '') FROM im1_credential_events e")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!events.contains("SECRET"));
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn check_config_names_key_ids_in_use_but_not_configured(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.import(&[emis_line("u1", "g1")]).await;
+    let env = vec![("DATABASE_URL".into(), database_url(&pool)), ("IM1_ENCRYPTION_KEYS".into(), KEY_B.into())];
+    let out = run_async(&["check-config"], env, String::new()).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(r#"key id "a" encrypts 1 token(s) but is not in IM1_ENCRYPTION_KEYS"#), "{stderr}");
+}

@@ -1,0 +1,171 @@
+//! `spawn_app()`: a database, a simulator, an engine on a manual clock, and helpers to
+//! import, sweep and read rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use im1_revalidator::clock::ManualClock;
+use im1_revalidator::config::Settings;
+use im1_revalidator::shutdown::Shutdown;
+use im1_revalidator::simulator::{RunningSimulator, Scenario, Simulator, Step};
+use im1_revalidator::store::import::{ImportStats, ImportTx};
+use im1_revalidator::store::status::StatusRow;
+use im1_revalidator::sweep::{Engine, SweepReport, SweepRequest, Trigger};
+use im1_revalidator::token::parse_import_line;
+use sqlx::PgPool;
+
+/// A fixed key for tests (base64 of 32 bytes).
+pub const KEY_A: &str = "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEY_B: &str = "b:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap()
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub clock: ManualClock,
+    pub sim: Simulator,
+    pub running: RunningSimulator,
+    pub vars: HashMap<String, String>,
+}
+
+impl TestApp {
+    /// Settings as the environment would give them, pointing at this app's simulator.
+    pub fn settings(&self) -> Settings {
+        Settings::from_vars(&self.vars).expect("test settings are valid")
+    }
+
+    /// A sweep engine, as one process would have it (each call is a new process id).
+    pub fn engine(&self) -> Engine {
+        self.engine_with(&self.vars)
+    }
+
+    pub fn engine_with(&self, vars: &HashMap<String, String>) -> Engine {
+        let mut settings = Settings::from_vars(vars).expect("test settings are valid");
+        let mut engine = im1_revalidator::cli::engine(&mut settings, self.pool.clone(), Arc::new(self.clock.clone()))
+            .expect("engine builds");
+        engine.progress = Arc::new(AtomicU64::new(0));
+        engine
+    }
+
+    pub async fn sweep(&self) -> SweepReport {
+        sweep_with(&self.engine()).await
+    }
+
+    /// Imports JSON lines through the same path as `credentials import`.
+    pub async fn import(&self, lines: &[serde_json::Value]) -> ImportStats {
+        let settings = self.settings();
+        let keys = settings.keys.as_ref().expect("keys configured");
+        let mut tx = ImportTx::begin(&self.pool, keys, self.clock.now_utc()).await.unwrap();
+        let batch = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, parse_import_line(&l.to_string()).expect("valid test line")))
+            .collect();
+        let dups = tx.add(batch).await.unwrap();
+        assert!(dups.is_empty());
+        tx.commit().await.unwrap()
+    }
+
+    /// Imports one EMIS credential whose token the simulator answers with `script`.
+    pub async fn emis_user(&self, user: &str, script: &[&str]) -> String {
+        let token = format!("guid-{user}");
+        if !script.is_empty() {
+            self.sim.script(&token, steps(script));
+        }
+        self.import(&[emis_line(user, &token)]).await;
+        token
+    }
+
+    pub async fn row(&self, user: &str) -> StatusRow {
+        im1_revalidator::store::status::row(&self.pool, user).await.unwrap().expect("row exists")
+    }
+
+    pub async fn events(&self, user: &str) -> Vec<Event> {
+        sqlx::query_as::<_, Event>(
+            "SELECT kind, to_status, outcome, evidence \
+             FROM im1_credential_events WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub fn advance(&self, by: TimeDelta) {
+        self.clock.advance(by);
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct Event {
+    pub kind: String,
+    pub to_status: String,
+    pub outcome: Option<String>,
+    pub evidence: serde_json::Value,
+}
+
+pub async fn sweep_with(engine: &Engine) -> SweepReport {
+    engine
+        .sweep(SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Command }, Shutdown::never())
+        .await
+        .expect("sweep completes")
+}
+
+pub fn steps(script: &[&str]) -> Vec<Step> {
+    script.iter().map(|s| serde_json::from_value(serde_json::json!(s)).expect("known behaviour")).collect()
+}
+
+pub fn emis_line(user: &str, token: &str) -> serde_json::Value {
+    serde_json::json!({"user_id": user, "supplier": "emis", "ods_code": "A81001",
+                       "token": {"access_identity_guid": token}})
+}
+
+/// Extension so tests read the manual clock like the code does.
+pub trait NowUtc {
+    fn now_utc(&self) -> DateTime<Utc>;
+}
+
+impl NowUtc for ManualClock {
+    fn now_utc(&self) -> DateTime<Utc> {
+        im1_revalidator::clock::Clock::now(self)
+    }
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    install_crypto();
+    let sim = Simulator::new(Scenario::default());
+    let running = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("simulator starts");
+    let vars: HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ("IM1_ENCRYPTION_KEYS", KEY_A),
+        ("IM1_EMIS_APPLICATION_ID", "test-app"),
+        ("IM1_HTTP_TIMEOUT", "2s"),
+        ("IM1_CHECK_TIMEOUT", "5s"),
+        ("IM1_CONCURRENCY", "16"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([("IM1_EMIS_URL".to_owned(), running.emis_url())])
+    .collect();
+    TestApp { pool, clock: ManualClock::new(t0()), sim, running, vars }
+}
+
+/// The database URL of a `#[sqlx::test]` pool, for running the binary against it.
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    )
+}

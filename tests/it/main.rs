@@ -1,0 +1,10 @@
+//! Integration tests: one binary, real PostgreSQL (a fresh database per test through
+//! `#[sqlx::test]`), suppliers over real HTTP on loopback (the project's simulator), and a
+//! manual clock so time-dependent rules are crossed without sleeping.
+
+mod binary;
+mod emis_adapter;
+mod helpers;
+mod import;
+mod simulator_control;
+mod sweep;
