@@ -42,30 +42,34 @@ impl Shutdown {
     }
 }
 
-/// Fires `trigger` on SIGTERM or SIGINT.
+/// Fires `trigger` on SIGTERM or SIGINT. The handlers are registered before this returns,
+/// so a signal during start-up is never the default "terminate now".
+#[cfg(unix)]
 pub fn on_signals(trigger: Trigger) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    trigger.fire();
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
-                _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
-            }
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
+            return;
         }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
+    };
+    tokio::spawn(async move {
+        let (mut term, mut int) = (term, int);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
         }
         trigger.fire();
+    });
+}
+
+#[cfg(not(unix))]
+pub fn on_signals(trigger: Trigger) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received: shutting down");
+            trigger.fire();
+        }
     });
 }

@@ -41,7 +41,7 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         recheck_interval: settings.recheck_interval,
     });
     let server = tokio::spawn(admin::serve(listener, router, stop.clone()));
-    schedule::run(engine, settings.schedule.clone(), settings.timezone, liveness, stop).await;
+    schedule::run(engine, settings.schedule.clone(), settings.timezone, settings.event_retention, liveness, stop).await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),

@@ -40,6 +40,9 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<(), CliError> {
     shutdown::on_signals(trigger);
     let request = SweepRequest { supplier: args.supplier, dry_run: args.dry_run, trigger: Trigger::Command };
     let report = engine.sweep(request, stop).await?;
+    if !args.dry_run {
+        crate::sweep::schedule::prune_events(&engine, settings.event_retention).await;
+    }
     print_report(&report, args.dry_run, args.json);
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! calling `now()` in SQL, so tests move time without sleeping.
 
 pub mod claims;
+pub mod events;
 pub mod import;
 pub mod status;
 pub mod sweeps;

@@ -39,6 +39,18 @@ impl Liveness {
 
 /// How often the idle loop wakes to prove it is alive.
 const TICK: Duration = Duration::from_secs(5);
+/// How often old event rows are pruned (every replica may; the deletes are idempotent).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes event rows older than the retention; failures are logged, never fatal.
+pub async fn prune_events(engine: &Engine, retention: Duration) {
+    let before = engine.clock.now() - super::delta(retention);
+    match crate::store::events::prune(&engine.pool, before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned event rows past IM1_EVENT_RETENTION"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old event rows"),
+    }
+}
 
 /// Sweeps on `schedule` until `shutdown`. A failed sweep (database down) is logged and the
 /// loop carries on: the next fire tries again.
@@ -46,10 +58,12 @@ pub async fn run(
     engine: Arc<Engine>,
     schedule: Schedule,
     tz: chrono_tz::Tz,
+    event_retention: Duration,
     liveness: Arc<Liveness>,
     mut shutdown: Shutdown,
 ) {
     liveness.tick();
+    let mut last_prune: Option<Instant> = None;
     if matches!(schedule, Schedule::Off) {
         tracing::info!("IM1_SCHEDULE=off: serving the admin port without sweeping");
         engine.metrics.next_sweep.set(0.0);
@@ -67,6 +81,10 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         liveness.tick();
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            prune_events(&engine, event_retention).await;
+        }
         let Some(next) = next else { continue };
         if engine.clock.now() < next {
             continue;

@@ -194,3 +194,88 @@ async fn check_config_names_key_ids_in_use_but_not_configured(pool: PgPool) {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(r#"key id "a" encrypts 1 token(s) but is not in IM1_ENCRYPTION_KEYS"#), "{stderr}");
 }
+
+/// Polls `url` until it answers `want` (the process is starting up; no fixed sleep).
+async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> String {
+    for _ in 0..400 {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().as_u16() == want
+        {
+            return r.text().await.unwrap_or_default();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{url} never answered {want}");
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn run_sweeps_on_schedule_serves_admin_and_stops_on_sigterm(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.sim.script("SECRET-RUN-REVOKED", steps(&["not_registered"]));
+    app.import(&[emis_line("u1", "SECRET-RUN-OK"), emis_line("u2", "SECRET-RUN-REVOKED")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .env("IM1_ENCRYPTION_KEYS", KEY_A)
+        .env("IM1_EMIS_URL", app.running.emis_url())
+        .env("IM1_EMIS_APPLICATION_ID", "app")
+        .env("IM1_SCHEDULE", "* * * * * *")
+        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for_status(&client, &format!("{base}/healthz"), 200).await;
+    wait_for_status(&client, &format!("{base}/readyz"), 200).await;
+    // The every-second schedule sweeps; wait until a sweep has been recorded.
+    let mut metrics = String::new();
+    for _ in 0..400 {
+        metrics = wait_for_status(&client, &format!("{base}/metrics"), 200).await;
+        if metrics.contains("im1_credentials{supplier=\"emis\",status=\"valid\"} 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    for name in [
+        "im1_credentials{supplier=\"emis\",status=\"valid\"} 1",
+        "im1_checks_total{supplier=\"emis\",outcome=\"valid\"}",
+        "im1_checks_total{supplier=\"emis\",outcome=\"suspect\"}",
+        "im1_refresh_required{supplier=\"emis\"} 0",
+        "im1_next_sweep_timestamp_seconds",
+        "im1_last_sweep_success_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("u1") && !metrics.contains("A81001"), "no user id or ODS code as a label");
+    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = child.stdin.take();
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(!stdout.contains("SECRET") && !stderr.contains("SECRET"));
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials WHERE lease_expires_at IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leased, 0);
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn readyz_fails_before_migrations(pool: PgPool) {
+    // A database with no schema: `run` refuses to start, naming the fix.
+    sqlx::query("DROP TABLE _sqlx_migrations").execute(&pool).await.unwrap();
+    let out = run_async(&["run"], base_env(&pool), String::new()).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("run `im1-revalidator migrate` first"));
+}

@@ -389,3 +389,26 @@ async fn shutdown_before_checks_start_gives_claims_back(pool: PgPool) {
     }
     assert_eq!(app.sweep().await.checks, 10, "and is due again for anyone");
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn old_events_are_pruned_in_batches_and_new_ones_kept(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for i in 0..3 {
+        app.emis_user(&format!("u{i}"), &[]).await;
+    }
+    sqlx::query("UPDATE im1_credential_events SET at = at - interval '401 days'")
+        .execute(&app.pool)
+        .await
+        .expect_err("events are append-only");
+    // Events written 401 days ago (by a clock that far back) are past the default retention.
+    app.clock.set(t0() - TimeDelta::days(401));
+    app.emis_user("old", &[]).await;
+    app.clock.set(t0());
+    let engine = app.engine();
+    im1_revalidator::sweep::schedule::prune_events(&engine, std::time::Duration::from_secs(400 * 86_400)).await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT user_id FROM im1_credential_events ORDER BY user_id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["u0", "u1", "u2"]);
+}
