@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StandingColumns, StandingRow};
+use super::StandingColumns;
 use crate::model::{Status, Supplier};
 use crate::policy::Decision;
 
@@ -78,21 +78,7 @@ pub async fn claim(
             ods_code: r.ods_code,
             token_ciphertext: r.token_ciphertext,
             fence: r.fence,
-            standing: StandingRow {
-                status: r.status,
-                reason: r.reason,
-                refresh_required: r.refresh_required,
-                refresh_attempts: r.refresh_attempts,
-                refresh_suppressed_until: r.refresh_suppressed_until,
-                strike_at: r.strike_at,
-                strike_reason: r.strike_reason,
-                last_checked_at: r.last_checked_at,
-                last_outcome: r.last_outcome,
-                last_verified_at: r.last_verified_at,
-                invalidated_at: r.invalidated_at,
-                failures: r.failures,
-            }
-            .into_standing(),
+            standing: standing_row!(r).into_standing(),
         })
         .collect())
 }
@@ -141,21 +127,7 @@ pub async fn peek_due(
                 ods_code: r.ods_code,
                 token_ciphertext: r.token_ciphertext,
                 fence: r.fence,
-                standing: StandingRow {
-                    status: r.status,
-                    reason: r.reason,
-                    refresh_required: r.refresh_required,
-                    refresh_attempts: r.refresh_attempts,
-                    refresh_suppressed_until: r.refresh_suppressed_until,
-                    strike_at: r.strike_at,
-                    strike_reason: r.strike_reason,
-                    last_checked_at: r.last_checked_at,
-                    last_outcome: r.last_outcome,
-                    last_verified_at: r.last_verified_at,
-                    invalidated_at: r.invalidated_at,
-                    failures: r.failures,
-                }
-                .into_standing(),
+                standing: standing_row!(r).into_standing(),
             };
             (claimed, r.next_check_at)
         })

@@ -130,21 +130,7 @@ impl<'k> ImportTx<'k> {
                 supplier: r.supplier.parse().ok(),
                 ods_code: r.ods_code,
                 ciphertext: r.token_ciphertext,
-                standing: super::StandingRow {
-                    status: r.status,
-                    reason: r.reason,
-                    refresh_required: r.refresh_required,
-                    refresh_attempts: r.refresh_attempts,
-                    refresh_suppressed_until: r.refresh_suppressed_until,
-                    strike_at: r.strike_at,
-                    strike_reason: r.strike_reason,
-                    last_checked_at: r.last_checked_at,
-                    last_outcome: r.last_outcome,
-                    last_verified_at: r.last_verified_at,
-                    invalidated_at: r.invalidated_at,
-                    failures: r.failures,
-                }
-                .into_standing(),
+                standing: standing_row!(r).into_standing(),
             };
             (r.user_id, existing)
         })

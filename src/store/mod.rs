@@ -4,12 +4,6 @@
 //! Every statement takes `now` from the caller's [`crate::clock::Clock`] rather than
 //! calling `now()` in SQL, so tests move time without sleeping.
 
-pub mod claims;
-pub mod events;
-pub mod import;
-pub mod status;
-pub mod sweeps;
-
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -50,6 +44,33 @@ pub async fn ready(pool: &PgPool) -> bool {
         Err(_) => false,
     }
 }
+
+/// Builds a [`StandingRow`] from any query record that selected the standing columns
+/// under their own names (each `query!` has its own anonymous record type).
+macro_rules! standing_row {
+    ($r:expr) => {
+        $crate::store::StandingRow {
+            status: $r.status,
+            reason: $r.reason,
+            refresh_required: $r.refresh_required,
+            refresh_attempts: $r.refresh_attempts,
+            refresh_suppressed_until: $r.refresh_suppressed_until,
+            strike_at: $r.strike_at,
+            strike_reason: $r.strike_reason,
+            last_checked_at: $r.last_checked_at,
+            last_outcome: $r.last_outcome,
+            last_verified_at: $r.last_verified_at,
+            invalidated_at: $r.invalidated_at,
+            failures: $r.failures,
+        }
+    };
+}
+
+pub mod claims;
+pub mod events;
+pub mod import;
+pub mod status;
+pub mod sweeps;
 
 /// The standing columns as they come out of the database.
 #[derive(Debug, Clone)]

@@ -10,6 +10,40 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 use crate::helpers::*;
+use im1_revalidator::model::{Reason, Supplier};
+use im1_revalidator::store::claims::{Claimed, Verdict};
+
+/// Claims every due EMIS credential as process `owner` would, with a two-minute lease.
+async fn claim_all(app: &TestApp, owner: uuid::Uuid) -> Vec<Claimed> {
+    im1_revalidator::store::claims::claim(
+        &app.pool,
+        Supplier::Emis,
+        t0(),
+        t0(),
+        t0() + TimeDelta::minutes(2),
+        owner,
+        100,
+    )
+    .await
+    .unwrap()
+}
+
+/// The verdict a process holding `claimed` would write after observing `observation`.
+fn verdict_for(app: &TestApp, claimed: &Claimed, observation: im1_revalidator::policy::Observation) -> Verdict {
+    Verdict {
+        user_id: claimed.user_id.clone(),
+        fence: claimed.fence,
+        from_status: claimed.standing.status,
+        decision: im1_revalidator::policy::decide(
+            &claimed.standing,
+            &observation,
+            t0(),
+            &im1_revalidator::cli::rules(&app.settings()),
+            0.0,
+        ),
+        evidence: serde_json::json!({}),
+    }
+}
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn valid_token_is_verified_and_rescheduled_about_a_day_later(pool: PgPool) {
@@ -179,17 +213,7 @@ async fn a_dead_sweepers_claims_are_recovered_after_the_lease(pool: PgPool) {
     }
     // A process claims everything and dies before writing anything back.
     let dead = uuid::Uuid::new_v4();
-    let claimed = im1_revalidator::store::claims::claim(
-        &app.pool,
-        im1_revalidator::model::Supplier::Emis,
-        t0(),
-        t0(),
-        t0() + TimeDelta::minutes(2),
-        dead,
-        100,
-    )
-    .await
-    .unwrap();
+    let claimed = claim_all(&app, dead).await;
     assert_eq!(claimed.len(), 5);
     assert_eq!(app.sweep().await.checks, 0, "live leases block others");
     app.advance(TimeDelta::minutes(2));
@@ -197,19 +221,7 @@ async fn a_dead_sweepers_claims_are_recovered_after_the_lease(pool: PgPool) {
     assert_eq!(report.checks, 5, "expired leases are reclaimed");
     // The dead process's late write is fenced off.
     let stale = claimed.into_iter().next().unwrap();
-    let late = im1_revalidator::store::claims::Verdict {
-        user_id: stale.user_id.clone(),
-        fence: stale.fence,
-        from_status: stale.standing.status,
-        decision: im1_revalidator::policy::decide(
-            &stale.standing,
-            &im1_revalidator::policy::Observation::Invalid(im1_revalidator::model::Reason::AccessRevoked),
-            t0(),
-            &im1_revalidator::cli::rules(&app.settings()),
-            0.0,
-        ),
-        evidence: serde_json::json!({}),
-    };
+    let late = verdict_for(&app, &stale, im1_revalidator::policy::Observation::Invalid(Reason::AccessRevoked));
     let written = im1_revalidator::store::claims::write_back(&app.pool, &[late], t0()).await.unwrap();
     assert_eq!(written.written, 0);
     assert_eq!(written.lost, vec![stale.user_id.clone()]);
@@ -220,32 +232,10 @@ async fn a_dead_sweepers_claims_are_recovered_after_the_lease(pool: PgPool) {
 async fn a_token_replaced_during_a_check_keeps_no_stale_verdict(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.emis_user("u1", &[]).await;
-    let claimed = im1_revalidator::store::claims::claim(
-        &app.pool,
-        im1_revalidator::model::Supplier::Emis,
-        t0(),
-        t0(),
-        t0() + TimeDelta::minutes(2),
-        uuid::Uuid::new_v4(),
-        10,
-    )
-    .await
-    .unwrap();
+    let claimed = claim_all(&app, uuid::Uuid::new_v4()).await;
     app.import(&[emis_line("u1", "guid-new")]).await;
     let c = &claimed[0];
-    let verdict = im1_revalidator::store::claims::Verdict {
-        user_id: c.user_id.clone(),
-        fence: c.fence,
-        from_status: c.standing.status,
-        decision: im1_revalidator::policy::decide(
-            &c.standing,
-            &im1_revalidator::policy::Observation::Valid,
-            t0(),
-            &im1_revalidator::cli::rules(&app.settings()),
-            0.0,
-        ),
-        evidence: serde_json::json!({}),
-    };
+    let verdict = verdict_for(&app, c, im1_revalidator::policy::Observation::Valid);
     let written = im1_revalidator::store::claims::write_back(&app.pool, &[verdict], t0()).await.unwrap();
     assert_eq!(written.written, 0);
     let row = app.row("u1").await;
