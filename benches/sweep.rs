@@ -7,7 +7,7 @@
 //! its own transaction) and the sweep process's peak resident memory (VmHWM).
 //!
 //! Options: `--credentials N` (default 100000), `--latency-ms MS` (simulator delay per
-//! answer, default 0), `--concurrency C` (default 64), `--sweeps K` (default 1),
+//! answer, default 0), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
 //! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`.
 //! Needs a PostgreSQL server: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres.
 
@@ -28,13 +28,21 @@ struct Options {
     latency_ms: u64,
     concurrency: usize,
     sweeps: u32,
+    batch: Option<u64>,
     explain: bool,
     keep: bool,
 }
 
 fn options() -> Options {
-    let mut o =
-        Options { credentials: 100_000, latency_ms: 0, concurrency: 64, sweeps: 1, explain: false, keep: false };
+    let mut o = Options {
+        credentials: 100_000,
+        latency_ms: 0,
+        concurrency: 64,
+        sweeps: 1,
+        batch: None,
+        explain: false,
+        keep: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the option");
@@ -43,6 +51,7 @@ fn options() -> Options {
             "--latency-ms" => o.latency_ms = value(),
             "--concurrency" => o.concurrency = value() as usize,
             "--sweeps" => o.sweeps = value() as u32,
+            "--batch" => o.batch = Some(value()),
             "--explain" => o.explain = true,
             "--keep" => o.keep = true,
             "--bench" => {}
@@ -111,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
             .env("IM1_EMIS_APPLICATION_ID", "bench")
             .env("IM1_CONCURRENCY", o.concurrency.to_string())
             .env("IM1_HTTP_TIMEOUT", "10s")
+            .env(
+                "IM1_BATCH_SIZE",
+                o.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()?;

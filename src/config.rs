@@ -32,6 +32,10 @@ use secrecy::SecretString;
 use crate::crypto::Keyring;
 use crate::model::Supplier;
 
+/// Rows per claim and write-back when `IM1_BATCH_SIZE` is unset: where the sweep
+/// benchmark measured the best throughput (README, "Performance").
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
 /// Every variable this program reads. Anything else starting with `IM1_` is reported as
 /// unknown, so a new setting must be added here (a unit test checks that every name read
 /// is listed).
@@ -72,6 +76,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IM1_HTTP_TIMEOUT",
     "IM1_CHECK_TIMEOUT",
     "IM1_CONCURRENCY",
+    "IM1_BATCH_SIZE",
     "IM1_LEASE",
     "IM1_MAX_REFRESH_ATTEMPTS",
     "IM1_REFRESH_SUPPRESSION",
@@ -158,6 +163,9 @@ pub struct Settings {
     pub retry_attempts: u32,
     pub retry_max_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Rows per claim and per write-back statement (`IM1_BATCH_SIZE`): the sweep's two
+    /// statements per batch are spread over this many checks.
+    pub batch_size: usize,
     /// WS-Security signing for Vision: both or neither (unsigned when neither).
     pub vision_signing_cert: Option<PathBuf>,
     pub vision_signing_key: Option<PathBuf>,
@@ -331,6 +339,7 @@ impl Settings {
             );
         }
         let concurrency = r.whole("IM1_CONCURRENCY", 64usize, 1, 10_000);
+        let batch_size = r.whole("IM1_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 10_000);
         let lease = r.duration("IM1_LEASE", secs(120), Floor::AtLeast(secs(5)));
         let max_refresh_attempts = r.whole("IM1_MAX_REFRESH_ATTEMPTS", 3u32, 1, 1_000);
         let refresh_suppression = r.duration("IM1_REFRESH_SUPPRESSION", secs(7 * 86_400), Floor::Zero);
@@ -376,6 +385,7 @@ impl Settings {
             http_timeout,
             check_timeout,
             concurrency,
+            batch_size,
             lease,
             max_refresh_attempts,
             refresh_suppression,
@@ -995,6 +1005,7 @@ mod tests {
         assert_eq!(s.http_timeout, secs(10));
         assert_eq!(s.check_timeout, secs(30));
         assert_eq!(s.concurrency, 64);
+        assert_eq!(s.batch_size, DEFAULT_BATCH_SIZE);
         assert_eq!(s.lease, secs(120));
         assert_eq!(s.max_refresh_attempts, 3);
         assert_eq!(s.refresh_suppression, secs(7 * 86_400));
@@ -1047,6 +1058,7 @@ mod tests {
             ("IM1_HTTP_TIMEOUT", "2500ms".into()),
             ("IM1_CHECK_TIMEOUT", "1m".into()),
             ("IM1_CONCURRENCY", "10000".into()),
+            ("IM1_BATCH_SIZE", "250".into()),
             ("IM1_LEASE", "5s".into()),
             ("IM1_MAX_REFRESH_ATTEMPTS", "5".into()),
             ("IM1_REFRESH_SUPPRESSION", "14d".into()),
@@ -1105,6 +1117,7 @@ mod tests {
         assert_eq!(s.http_timeout, Duration::from_millis(2500));
         assert_eq!(s.check_timeout, secs(60));
         assert_eq!(s.concurrency, 10_000);
+        assert_eq!(s.batch_size, 250);
         assert_eq!(s.lease, secs(5));
         assert_eq!(s.max_refresh_attempts, 5);
         assert_eq!(s.refresh_suppression, secs(14 * 86_400));

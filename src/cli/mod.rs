@@ -149,7 +149,7 @@ pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock) -> Resu
         rules: rules(settings),
         limits: Limits {
             concurrency: settings.concurrency,
-            batch_size: Limits::batch_for(settings.concurrency),
+            batch_size: settings.batch_size,
             lease: settings.lease,
             check_timeout: settings.check_timeout,
             shutdown_grace: settings.shutdown_grace,

@@ -50,15 +50,6 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
-impl Limits {
-    /// The batch size that measured best (see benches/sweep.rs): large enough that the
-    /// two statements per batch cost little per check, small enough that a batch does
-    /// not wait long for the last of its checks.
-    pub fn batch_for(concurrency: usize) -> usize {
-        concurrency.clamp(100, 500)
-    }
-}
-
 /// Everything a sweep needs, built once per process and shared by every sweep.
 pub struct Engine {
     pub pool: PgPool,
@@ -255,9 +246,11 @@ impl Engine {
             ))
         });
 
-        // The window bounds rows held in memory (claimed, not yet handed to the writer);
-        // `running` bounds checks in flight.
-        let window = Arc::new(Semaphore::new(self.limits.concurrency + batch));
+        // The window bounds rows held in memory (claimed, not yet handed to the writer):
+        // a batch being checked, the next one claimed ahead so the checks never drain
+        // while a claim runs, and the concurrency's worth in flight. `running` bounds
+        // checks in flight.
+        let window = Arc::new(Semaphore::new(self.limits.concurrency + 2 * batch));
         let running = Arc::new(Semaphore::new(self.limits.concurrency));
         let mut tasks = JoinSet::new();
         let mut active: Vec<Supplier> = suppliers.to_vec();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::check::{Done, is_flagging};
 use super::{InFlight, SweepReport, lock};
@@ -45,31 +46,57 @@ pub(super) struct Writer {
 const FLUSH_AFTER: Duration = Duration::from_millis(100);
 /// Attempts at one batch write before giving up on it.
 const WRITE_ATTEMPTS: u32 = 4;
+/// Batch writes in flight at once. Batches hold disjoint rows (each row is claimed by
+/// one process and appears in one batch), so concurrent writes never contend; the
+/// benchmark showed a single writer leaving PostgreSQL idle between statements.
+const CONCURRENT_WRITES: usize = 3;
 
-type Pending = Vec<(Verdict, Supplier, String)>;
+/// Verdicts waiting to be written, with each one's supplier and ODS code (for logs).
+#[derive(Default)]
+struct Pending {
+    verdicts: Vec<Verdict>,
+    context: Vec<(Supplier, String)>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.verdicts.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.verdicts.is_empty()
+    }
+}
+/// A finished batch write: the batch, and the users whose verdicts were dropped.
+type WriteDone = (Pending, sqlx::Result<Vec<String>>);
 
 impl Writer {
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Done>) -> Result<SweepReport, (SweepReport, anyhow::Error)> {
         let mut report = SweepReport::default();
-        let mut pending: Pending = Vec::with_capacity(self.batch);
+        let mut pending = Pending::default();
+        let mut writes: JoinSet<WriteDone> = JoinSet::new();
         let mut failure: Option<anyhow::Error> = None;
         loop {
+            while let Some(done) = writes.try_join_next() {
+                self.complete(done, &mut report, &mut failure);
+            }
             let next = if pending.is_empty() {
                 rx.recv().await
             } else {
                 match tokio::time::timeout(FLUSH_AFTER, rx.recv()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        self.flush(&mut pending, &mut report, &mut failure).await;
+                        self.flush(&mut pending, &mut writes, &mut report, &mut failure).await;
                         continue;
                     }
                 }
             };
             match next {
                 Some(Done::Verdict { verdict, supplier, ods_code }) => {
-                    pending.push((verdict, supplier, ods_code));
+                    pending.verdicts.push(verdict);
+                    pending.context.push((supplier, ods_code));
                     if pending.len() >= self.batch {
-                        self.flush(&mut pending, &mut report, &mut failure).await;
+                        self.flush(&mut pending, &mut writes, &mut report, &mut failure).await;
                     }
                 }
                 // The claim stays in the in-flight set; the runner gives it back.
@@ -77,29 +104,65 @@ impl Writer {
                 None => break,
             }
         }
-        self.flush(&mut pending, &mut report, &mut failure).await;
+        self.flush(&mut pending, &mut writes, &mut report, &mut failure).await;
+        while let Some(done) = writes.join_next().await {
+            self.complete(done, &mut report, &mut failure);
+        }
         match failure {
             Some(e) => Err((report, e)),
             None => Ok(report),
         }
     }
 
-    async fn flush(&self, pending: &mut Pending, report: &mut SweepReport, failure: &mut Option<anyhow::Error>) {
+    /// Starts writing the pending batch, first waiting for a write slot.
+    async fn flush(
+        &self,
+        pending: &mut Pending,
+        writes: &mut JoinSet<WriteDone>,
+        report: &mut SweepReport,
+        failure: &mut Option<anyhow::Error>,
+    ) {
         if pending.is_empty() {
             return;
         }
         let batch = std::mem::take(pending);
-        let lost: Vec<String> = if self.dry_run {
-            Vec::new()
-        } else {
-            let verdicts: Vec<Verdict> = batch.iter().map(|(v, _, _)| v.clone()).collect();
-            match self.write(&verdicts).await {
-                Ok(lost) => lost,
-                Err(e) => {
-                    tracing::error!(error = %e, verdicts = verdicts.len(), "could not write verdicts; their claims will expire and be checked again");
-                    failure.get_or_insert(anyhow::Error::new(e).context("writing verdicts"));
-                    return;
-                }
+        if self.dry_run {
+            self.complete(Ok((batch, Ok(Vec::new()))), report, failure);
+            return;
+        }
+        while writes.len() >= CONCURRENT_WRITES {
+            match writes.join_next().await {
+                Some(done) => self.complete(done, report, failure),
+                None => break,
+            }
+        }
+        let (pool, clock) = (self.pool.clone(), self.clock.clone());
+        writes.spawn(async move {
+            let result = write(&pool, &clock, &batch.verdicts).await;
+            (batch, result)
+        });
+    }
+
+    /// Books a finished write: drops the rows from the in-flight set, counts and logs.
+    fn complete(
+        &self,
+        done: Result<WriteDone, tokio::task::JoinError>,
+        report: &mut SweepReport,
+        failure: &mut Option<anyhow::Error>,
+    ) {
+        let (batch, result) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("a write-back task failed: {e}"));
+                return;
+            }
+        };
+        let lost = match result {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::error!(error = %e, verdicts = batch.len(), "could not write verdicts; their claims will expire and be checked again");
+                failure.get_or_insert(anyhow::Error::new(e).context("writing verdicts"));
+                return;
             }
         };
         if !lost.is_empty() {
@@ -109,35 +172,17 @@ impl Writer {
         }
         {
             let mut held = lock(&self.in_flight);
-            for (v, _, _) in &batch {
+            for v in &batch.verdicts {
                 held.remove(&v.user_id);
             }
         }
-        for (v, supplier, ods_code) in &batch {
+        for (v, (supplier, ods_code)) in batch.verdicts.iter().zip(&batch.context) {
             if lost.contains(&v.user_id) {
                 continue;
             }
             self.record(v, *supplier, ods_code, report);
         }
         self.progress.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    }
-
-    /// One batch write, retried with backoff on database errors.
-    async fn write(&self, verdicts: &[Verdict]) -> sqlx::Result<Vec<String>> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
-        loop {
-            match claims::write_back(&self.pool, verdicts, self.clock.now()).await {
-                Ok(written) => return Ok(written.lost),
-                Err(e) if attempt < WRITE_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, "write-back failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Counts, logs and (in a dry run) lists one written decision.
@@ -186,5 +231,23 @@ impl Writer {
             evidence = %v.evidence,
             "credential standing changed"
         );
+    }
+}
+
+/// One batch write, retried with backoff on database errors.
+async fn write(pool: &PgPool, clock: &SharedClock, verdicts: &[Verdict]) -> sqlx::Result<Vec<String>> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match claims::write_back(pool, verdicts, clock.now()).await {
+            Ok(written) => return Ok(written.lost),
+            Err(e) if attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "write-back failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
