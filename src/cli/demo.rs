@@ -71,23 +71,38 @@ const POPULATION: &[Kind] = &[
 
 pub async fn run(args: Args) -> Result<(), CliError> {
     let mut server = Server::find(args.throwaway_cluster).await?;
-    let result = tour(&server, &args).await;
+    // The tour runs in its own task so that nothing it does (even a panic, say on a
+    // closed stdout) skips the cleanup of the database and any throwaway cluster.
+    let place =
+        Place { url: server.database_url(), database: server.database.clone(), describe: server.describe.clone() };
+    let (keep, users) = (args.keep, args.users);
+    let result = match tokio::spawn(tour(place, keep, users)).await {
+        Ok(result) => result,
+        Err(e) => Err(anyhow!("the demo stopped unexpectedly: {e}")),
+    };
     if let Err(e) = server.cleanup(args.keep).await {
         eprintln!("demo: cleanup: {e:#}");
     }
     result.map_err(CliError::Other)
 }
 
-async fn tour(server: &Server, args: &Args) -> anyhow::Result<()> {
+/// Where the tour's database is.
+struct Place {
+    url: SecretString,
+    database: String,
+    describe: String,
+}
+
+async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     println!("im1-revalidator demo\n");
-    let db = server.database_url();
+    let db = place.url;
     let pool = crate::store::connect(&db, 8).await?;
     crate::store::migrate(&pool).await?;
     println!(
         "  database   {} on {} (fresh; {})",
-        server.database,
-        server.describe,
-        if args.keep { "kept at the end" } else { "dropped at the end" }
+        place.database,
+        place.describe,
+        if keep { "kept at the end" } else { "dropped at the end" }
     );
 
     let sim = Simulator::new(Scenario::default());
@@ -110,8 +125,8 @@ async fn tour(server: &Server, args: &Args) -> anyhow::Result<()> {
     let mut settings = Settings::from_vars(&vars).map_err(|e| anyhow!("demo settings: {e}"))?;
     let engine = super::engine(&mut settings, pool.clone(), crate::clock::system()).map_err(|e| anyhow!("{e}"))?;
 
-    let expected = seed(&engine, &sim, args.users).await?;
-    println!("  seeded     {} credentials through the import path\n", args.users);
+    let expected = seed(&engine, &sim, users).await?;
+    println!("  seeded     {users} credentials through the import path\n");
 
     let first = sweep(&engine, "sweep 1").await?;
     print_sweep(&first);
@@ -130,7 +145,7 @@ async fn tour(server: &Server, args: &Args) -> anyhow::Result<()> {
          garbage and offline practices changed nobody's status. RP backends read this from the\n\
          im1_credential_status view (see the README)."
     );
-    if args.keep {
+    if keep {
         println!("\nKept: DATABASE_URL={}", redact_password(db.expose_secret()));
     }
     running.shutdown().await;
