@@ -223,6 +223,22 @@ async fn explain(pool: &PgPool) -> anyhow::Result<()> {
     for (line,) in plan {
         println!("  {line}");
     }
+    // The write-back's shape: sorted input driving a nested loop over the primary key, so
+    // rows are updated (locked) in user_id order.
+    let plan: Vec<(String,)> = sqlx::query_as(
+        "EXPLAIN (COSTS OFF)
+         UPDATE im1_credentials c SET failures = c.failures
+           FROM (SELECT * FROM UNNEST($1::text[], $2::int8[]) AS v(user_id, fence) ORDER BY user_id) v
+          WHERE c.user_id = v.user_id AND c.fence = v.fence",
+    )
+    .bind((0..1000).map(|i| format!("bench-{:08}", i * 97)).collect::<Vec<_>>())
+    .bind(vec![0i64; 1000])
+    .fetch_all(pool)
+    .await?;
+    println!("EXPLAIN of the write-back's update:");
+    for (line,) in plan {
+        println!("  {line}");
+    }
     // Undo the bench claim so the sweep sees every row.
     sqlx::query("UPDATE im1_credentials SET lease_expires_at = NULL, lease_owner = NULL").execute(pool).await?;
     Ok(())

@@ -211,7 +211,11 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
                    lease_expires_at = NULL,
                    lease_owner = NULL,
                    updated_at = $20
-              FROM v
+              -- Sorted input: the nested loop over the primary key updates (and so locks)
+              -- rows in user_id order, the order import locks them in, so writers cannot
+              -- deadlock with it (the writer still retries if the database says otherwise);
+              -- it also walks the index in order, which measured faster.
+              FROM (SELECT * FROM v ORDER BY user_id) v
              WHERE c.user_id = v.user_id
                AND c.fence = v.fence
             RETURNING c.user_id, c.supplier, c.ods_code
@@ -277,10 +281,20 @@ pub async fn extend_leases(
     let (ids, fences): (Vec<String>, Vec<i64>) = claims.iter().cloned().unzip();
     let done = sqlx::query!(
         r#"
+        WITH mine AS (
+            -- Never wait: a row locked now is being written back (or replaced), and
+            -- waiting here could deadlock with that writer.
+            SELECT c.user_id
+              FROM im1_credentials c
+              JOIN UNNEST($1::text[], $2::int8[]) AS k(user_id, fence)
+                ON c.user_id = k.user_id AND c.fence = k.fence
+             WHERE c.lease_owner = $3
+               FOR UPDATE OF c SKIP LOCKED
+        )
         UPDATE im1_credentials c
            SET lease_expires_at = $4
-          FROM UNNEST($1::text[], $2::int8[]) AS k(user_id, fence)
-         WHERE c.user_id = k.user_id AND c.fence = k.fence AND c.lease_owner = $3
+          FROM mine
+         WHERE c.user_id = mine.user_id
         "#,
         &ids,
         &fences,

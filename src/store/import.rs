@@ -118,6 +118,7 @@ impl<'k> ImportTx<'k> {
                    invalidated_at, failures
               FROM im1_credentials
              WHERE user_id = ANY($1)
+             ORDER BY user_id
                FOR UPDATE
             "#,
             &ids,

@@ -402,3 +402,34 @@ async fn old_events_are_pruned_in_batches_and_new_ones_kept(pool: PgPool) {
         .unwrap();
     assert_eq!(left, ["u0", "u1", "u2"]);
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn heartbeats_extend_only_our_claims_and_never_wait_on_a_locked_row(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for i in 0..3 {
+        app.emis_user(&format!("u{i}"), &[]).await;
+    }
+    let me = uuid::Uuid::new_v4();
+    let claimed = claim_all(&app, me).await;
+    let mut held: Vec<(String, i64)> = claimed.iter().map(|c| (c.user_id.clone(), c.fence)).collect();
+    held.sort();
+    let later = t0() + TimeDelta::minutes(10);
+    let extended = im1_revalidator::store::claims::extend_leases(&app.pool, &held, me, later).await.unwrap();
+    assert_eq!(extended, 3);
+    let someone_else =
+        im1_revalidator::store::claims::extend_leases(&app.pool, &held, uuid::Uuid::new_v4(), later).await.unwrap();
+    assert_eq!(someone_else, 0, "only the owner extends a claim");
+
+    // Another transaction (an import replacing u0's token, say) holds u0's row.
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM im1_credentials WHERE user_id = 'u0' FOR UPDATE").execute(&mut *other).await.unwrap();
+    let extended = im1_revalidator::store::claims::extend_leases(&app.pool, &held, me, later).await.unwrap();
+    assert_eq!(extended, 2, "the locked row is skipped, not waited for");
+    other.rollback().await.unwrap();
+    let until: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT lease_expires_at FROM im1_credentials ORDER BY user_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(until, [later; 3]);
+}
