@@ -211,7 +211,7 @@ async fn explain(pool: &PgPool) -> anyhow::Result<()> {
              SELECT user_id FROM im1_credentials
               WHERE supplier = 'emis' AND status <> 'unsupported'
                 AND next_check_at <= now() AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-              ORDER BY next_check_at LIMIT 500 FOR UPDATE SKIP LOCKED)
+              ORDER BY next_check_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
          UPDATE im1_credentials c SET lease_expires_at = now() + interval '2 minutes',
                 lease_owner = gen_random_uuid(), fence = c.fence + 1
            FROM due WHERE c.user_id = due.user_id
