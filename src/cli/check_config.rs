@@ -6,6 +6,8 @@ use crate::config::Settings;
 use crate::model::Supplier;
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
+    // TLS files are read and checked here, as every command that checks tokens does.
+    super::adapters(&settings)?;
     let configured: Vec<&str> =
         Supplier::CHECKABLE.iter().filter(|s| settings.supplier(**s).is_some()).map(|s| s.as_str()).collect();
     println!(

@@ -50,21 +50,66 @@ struct Kind {
 /// The mix: mostly good tokens; some revoked in each way EMIS says so; and the supplier
 /// trouble that must never flag anyone (outages, throttling, garbage, practices offline).
 const POPULATION: &[Kind] = &[
-    Kind { name: "valid", per_thousand: 760, supplier: "emis", script: &["valid"] },
-    Kind { name: "not registered at the practice", per_thousand: 30, supplier: "emis", script: &["not_registered"] },
-    Kind { name: "linkage no longer matches", per_thousand: 25, supplier: "emis", script: &["invalid_linkage"] },
-    Kind { name: "account inactive", per_thousand: 15, supplier: "emis", script: &["account_inactive"] },
-    Kind { name: "access forbidden", per_thousand: 15, supplier: "emis", script: &["forbidden"] },
-    Kind { name: "online access restricted", per_thousand: 10, supplier: "emis", script: &["restricted_link"] },
-    Kind { name: "practice services disabled", per_thousand: 20, supplier: "emis", script: &["practice_not_enabled"] },
-    Kind { name: "outage, then fine", per_thousand: 40, supplier: "emis", script: &["unavailable", "valid"] },
-    Kind { name: "rate limited", per_thousand: 15, supplier: "emis", script: &["rate_limited"] },
-    Kind { name: "garbage answers", per_thousand: 15, supplier: "emis", script: &["garbage"] },
+    Kind { name: "EMIS: valid", per_thousand: 420, supplier: "emis", script: &["valid"] },
     Kind {
-        name: "revoked, then supplier down",
+        name: "EMIS: not registered at the practice",
+        per_thousand: 20,
+        supplier: "emis",
+        script: &["not_registered"],
+    },
+    Kind { name: "EMIS: linkage no longer matches", per_thousand: 15, supplier: "emis", script: &["invalid_linkage"] },
+    Kind { name: "EMIS: account inactive", per_thousand: 10, supplier: "emis", script: &["account_inactive"] },
+    Kind { name: "EMIS: access forbidden", per_thousand: 10, supplier: "emis", script: &["forbidden"] },
+    Kind { name: "EMIS: online access restricted", per_thousand: 5, supplier: "emis", script: &["restricted_link"] },
+    Kind {
+        name: "EMIS: practice services disabled",
         per_thousand: 10,
         supplier: "emis",
+        script: &["practice_not_enabled"],
+    },
+    Kind { name: "EMIS: outage, then fine", per_thousand: 20, supplier: "emis", script: &["unavailable", "valid"] },
+    Kind { name: "EMIS: rate limited", per_thousand: 10, supplier: "emis", script: &["rate_limited"] },
+    Kind { name: "EMIS: garbage answers", per_thousand: 10, supplier: "emis", script: &["garbage"] },
+    Kind {
+        name: "EMIS: revoked, then supplier down",
+        per_thousand: 5,
+        supplier: "emis",
         script: &["not_registered", "server_error"],
+    },
+    Kind { name: "TPP: valid", per_thousand: 180, supplier: "tpp", script: &["valid"] },
+    Kind {
+        name: "TPP: problem logging on (9)",
+        per_thousand: 10,
+        supplier: "tpp",
+        script: &["tpp_problem_logging_on"],
+    },
+    Kind { name: "TPP: no access (6)", per_thousand: 10, supplier: "tpp", script: &["tpp_no_access"] },
+    Kind {
+        name: "TPP: service unavailable (0)",
+        per_thousand: 10,
+        supplier: "tpp",
+        script: &["tpp_service_unavailable"],
+    },
+    Kind { name: "TPP: provider id refused (5)", per_thousand: 5, supplier: "tpp", script: &["tpp_invalid_provider"] },
+    Kind { name: "Vision: valid", per_thousand: 150, supplier: "vision", script: &["valid"] },
+    Kind {
+        name: "Vision: invalid credentials (-30)",
+        per_thousand: 10,
+        supplier: "vision",
+        script: &["vision_invalid_credentials"],
+    },
+    Kind { name: "Vision: disabled (-19)", per_thousand: 5, supplier: "vision", script: &["vision_disabled"] },
+    Kind {
+        name: "Vision: access denied (-35)",
+        per_thousand: 5,
+        supplier: "vision",
+        script: &["vision_access_denied"],
+    },
+    Kind {
+        name: "Vision: record locked (-15)",
+        per_thousand: 10,
+        supplier: "vision",
+        script: &["vision_record_unavailable"],
     },
     Kind { name: "Microtest (no usable token)", per_thousand: 45, supplier: "microtest", script: &[] },
 ];
@@ -107,7 +152,7 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
 
     let sim = Simulator::new(Scenario::default());
     let running = sim.spawn("127.0.0.1:0".parse()?).await.context("starting the simulator")?;
-    println!("  simulator  {} (EMIS, in-process)", running.emis_url());
+    println!("  simulator  {} (EMIS, TPP and Vision, in-process)", running.base_url());
 
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let vars: HashMap<String, String> = [
@@ -115,6 +160,10 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
         ("IM1_ENCRYPTION_KEYS", format!("demo:{key}")),
         ("IM1_EMIS_URL", running.emis_url()),
         ("IM1_EMIS_APPLICATION_ID", "im1-demo".to_owned()),
+        ("IM1_TPP_URL", running.tpp_url()),
+        ("IM1_TPP_PROVIDER_ID", "im1-demo".to_owned()),
+        ("IM1_VISION_URL", running.vision_url()),
+        ("IM1_VISION_PROVIDER_ID", "im1-demo".to_owned()),
         ("IM1_CONFIRM_AFTER", "0s".to_owned()),
         ("IM1_HTTP_TIMEOUT", "2s".to_owned()),
         ("IM1_CHECK_TIMEOUT", "5s".to_owned()),
@@ -142,8 +191,9 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     print!("{}", indent(&outcome_table(&pool, &expected).await?));
     println!(
         "\nOnly explicit rejections, confirmed twice, flagged users for a refresh; outages, throttling,\n\
-         garbage and offline practices changed nobody's status. RP backends read this from the\n\
-         im1_credential_status view (see the README)."
+         garbage, locked records, offline practices and our own configuration errors changed\n\
+         nobody's status. Microtest users are never asked to refresh. RP backends read this from\n\
+         the im1_credential_status view (see the README)."
     );
     if keep {
         println!("\nKept: DATABASE_URL={}", redact_password(db.expose_secret()));
@@ -175,7 +225,11 @@ async fn seed(engine: &Engine, sim: &Simulator, users: u32) -> anyhow::Result<Ha
             "microtest" => {
                 serde_json::json!({"user_id": user_id, "supplier": "microtest", "ods_code": ods, "token": {}})
             }
-            _ => serde_json::json!({"user_id": user_id, "supplier": kind.supplier, "ods_code": ods,
+            "tpp" => serde_json::json!({"user_id": user_id, "supplier": "tpp", "ods_code": ods,
+                                        "token": {"account_id": token, "passphrase": uuid::Uuid::new_v4().to_string()}}),
+            "vision" => serde_json::json!({"user_id": user_id, "supplier": "vision", "ods_code": ods,
+                                           "token": {"rosu_account_id": token, "api_key": uuid::Uuid::new_v4().to_string()}}),
+            _ => serde_json::json!({"user_id": user_id, "supplier": "emis", "ods_code": ods,
                                     "token": {"access_identity_guid": token}}),
         };
         let cred = parse_import_line(&line.to_string()).map_err(|e| {

@@ -118,21 +118,10 @@ async fn connect(settings: &Settings) -> Result<PgPool, CliError> {
     Ok(crate::store::connect(url, 8).await?)
 }
 
-/// The shared HTTP client every adapter uses: one pool of connections for the process.
-pub fn http_client(settings: &Settings) -> Result<reqwest::Client, CliError> {
-    reqwest::Client::builder()
-        .connect_timeout(settings.http_timeout)
-        .pool_max_idle_per_host(settings.concurrency)
-        .tcp_nodelay(true)
-        .user_agent(concat!("im1-revalidator/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| CliError::Other(anyhow::anyhow!("cannot build the HTTP client: {e}")))
-}
-
-/// Adapters for every configured supplier.
+/// Adapters for every configured supplier; unusable TLS files are a configuration error
+/// (exit 2), one line per problem.
 pub fn adapters(settings: &Settings) -> Result<HashMap<Supplier, Arc<dyn Adapter>>, CliError> {
-    let http = suppliers::HttpClient::new(http_client(settings)?);
-    Ok(suppliers::build(settings, &http))
+    suppliers::build(settings).map_err(|problems| CliError::Config(ConfigError { problems }))
 }
 
 /// Builds the sweep engine from settings (takes the keyring out of them).

@@ -16,6 +16,15 @@ pub struct Args {
     /// A scenario file (JSON): default behaviour, latency, error rate, per-token scripts.
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+    /// Serve over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate issued by this PEM CA (mutual TLS; needs --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
@@ -26,17 +35,33 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         }
     };
     let sim = Simulator::new(scenario);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::simulator::tls::server_config_from_files(cert, key, args.client_ca.as_deref())
+                .map_err(|e| CliError::Input(format!("simulator TLS: {e}")))?,
+        ),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| CliError::Input(format!("cannot listen on {}: {e}", args.addr)))?;
     let addr = listener.local_addr().map_err(|e| CliError::Other(e.into()))?;
-    println!("simulator listening on http://{addr}");
-    println!("  IM1_EMIS_URL=http://{addr}/emis");
-    println!("  control: http://{addr}/_sim/calls");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("simulator listening on {scheme}://{addr}");
+    for supplier in ["emis", "tpp", "vision"] {
+        println!("  IM1_{}_URL={scheme}://{addr}/{supplier}", supplier.to_uppercase());
+    }
+    if args.client_ca.is_some() {
+        println!("  client certificates required (mutual TLS)");
+    }
+    println!("  control: {scheme}://{addr}/_sim/calls");
     let (trigger, mut stop) = shutdown::channel();
     shutdown::on_signals(trigger);
-    crate::simulator::serve(listener, sim, async move { stop.wait().await })
-        .await
-        .map_err(|e| CliError::Other(anyhow::Error::new(e).context("simulator failed")))?;
+    let stopped = async move { stop.wait().await };
+    let served = match tls {
+        Some(config) => crate::simulator::tls::serve_tls(listener, config, sim, stopped).await,
+        None => crate::simulator::serve(listener, sim, stopped).await,
+    };
+    served.map_err(|e| CliError::Other(anyhow::Error::new(e).context("simulator failed")))?;
     Ok(())
 }

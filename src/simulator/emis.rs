@@ -5,7 +5,8 @@
 //!   EndUserSessionId` when unknown), then answers the `AccessIdentityGuid` by its script
 //!   or the default [`Behaviour`], in the body shapes real EMIS answers use.
 //!
-//! Both require `X-API-ApplicationId`.
+//! Both require `X-API-ApplicationId`. A `tpp_` or `vision_` behaviour is answered HTTP
+//! 400 with a plain-text note.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -301,5 +302,6 @@ async fn answer(sim: &Simulator, step: Step, ods: &str) -> Response {
             sim.hang().await;
             outage()
         }
+        other => super::foreign_behaviour(other, Supplier::Emis),
     }
 }

@@ -1,13 +1,13 @@
 //! Simulated GP supplier APIs, speaking the wire formats of im1-wire.md, for tests, demos,
 //! benchmarks and RP development. It knows no database.
 //!
-//! One HTTP server carries every supplier under its own prefix (`/emis` now; `/tpp` and
-//! `/vision` later) plus control endpoints under `/_sim`:
+//! One HTTP server carries every supplier under its own prefix (`/emis`, `/tpp`, `/vision`)
+//! plus control endpoints under `/_sim`:
 //!
 //! | call | does |
 //! |---|---|
 //! | `GET /_sim/calls` | totals per supplier and endpoint ([`CallCounts`]) |
-//! | `GET /_sim/calls/{token}` | `{"calls": n}`: check calls for that token |
+//! | `GET /_sim/calls/{token}` | `{"calls": n}`: check calls for that token (EMIS `AccessIdentityGuid`, TPP `accountId`, Vision `rosuAccountId`) |
 //! | `PUT /_sim/tokens/{token}` | body: a list of [`Step`]s, the token's script (`[]` removes it) |
 //! | `DELETE /_sim/tokens/{token}` | removes the token's script |
 //! | `GET`/`PUT /_sim/default` | the [`Step`] for tokens without a script |
@@ -17,12 +17,17 @@
 //!
 //! How each supplier answers is decided per check, in this order: outage, malformed
 //! request, supplier-specific session rules, injected errors (`error_rate`), then the
-//! token's script or the default. The hot path takes read locks and touches atomics only;
+//! token's script or the default. Generic behaviours are rendered in each supplier's own
+//! format; a behaviour that belongs to another supplier ([`Behaviour::only_for`]) is
+//! answered HTTP 400 with a plain-text note. The hot path takes read locks and touches atomics only;
 //! per-token counting (a map insert on a token's first call) can be turned off with
 //! `count_by_token: false`.
 
 mod emis;
 pub mod scenario;
+pub mod tls;
+mod tpp;
+mod vision;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,16 +53,22 @@ use crate::model::Supplier;
 
 pub use emis::EmisCalls;
 pub use scenario::{Behaviour, Scenario, ScenarioError, Step, UnknownBehaviour};
+pub use tpp::TppCalls;
+pub use vision::VisionCalls;
 
 /// How long `hang` keeps a request open when nothing releases it.
 const HANG_FOR: Duration = Duration::from_secs(3600);
 /// How long [`RunningSimulator::shutdown`] waits for in-flight answers before aborting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Larger than the adapters' 1 MiB read bound (`huge_body`).
+const HUGE_BODY: usize = 2 * 1024 * 1024;
 
 /// Totals per supplier and endpoint since start or the last reset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallCounts {
     pub emis: EmisCalls,
+    pub tpp: TppCalls,
+    pub vision: VisionCalls,
 }
 
 /// A token's script and how far through it the token is.
@@ -89,6 +100,8 @@ struct Inner {
     /// Indexed by [`supplier_index`].
     outages: [AtomicBool; 4],
     emis: emis::EmisState,
+    tpp: tpp::TppState,
+    vision: vision::VisionState,
     /// Bumped when a server stops, to release `hang` and delayed answers so a graceful
     /// shutdown does not wait an hour for them.
     release: watch::Sender<u64>,
@@ -141,6 +154,8 @@ impl Simulator {
                 token_calls: RwLock::new(HashMap::new()),
                 outages: Default::default(),
                 emis: emis::EmisState::default(),
+                tpp: tpp::TppState::default(),
+                vision: vision::VisionState::default(),
                 release,
             }),
         }
@@ -148,7 +163,12 @@ impl Simulator {
 
     /// Every supplier route and the control routes.
     pub fn router(&self) -> Router {
-        Router::new().merge(emis::routes()).merge(control_routes()).with_state(self.clone())
+        Router::new()
+            .merge(emis::routes())
+            .merge(tpp::routes())
+            .merge(vision::routes())
+            .merge(control_routes())
+            .with_state(self.clone())
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in a background task until
@@ -189,8 +209,8 @@ impl Simulator {
         read(&self.inner.scripts).default
     }
 
-    /// Starts or ends an outage: the supplier answers every call with a 503 without
-    /// `Retry-After`.
+    /// Starts or ends an outage: the supplier answers every call (EMIS, TPP or Vision,
+    /// including TPP's Logoff) with a 503 without `Retry-After`.
     pub fn set_outage(&self, supplier: Supplier, on: bool) {
         self.inner.outages[supplier_index(supplier)].store(on, Ordering::Relaxed);
     }
@@ -202,11 +222,12 @@ impl Simulator {
 
     /// Totals per supplier and endpoint.
     pub fn calls(&self) -> CallCounts {
-        CallCounts { emis: self.inner.emis.calls() }
+        CallCounts { emis: self.inner.emis.calls(), tpp: self.inner.tpp.calls(), vision: self.inner.vision.calls() }
     }
 
-    /// Check calls (EMIS: `POST /sessions`) carrying this token, whatever they were
-    /// answered; 0 when `count_by_token` is off.
+    /// Check calls carrying this token (EMIS: `POST /sessions` by `AccessIdentityGuid`;
+    /// TPP: `Authenticate` by `accountId`; Vision: `GetConfiguration` by `rosuAccountId`),
+    /// whatever they were answered; 0 when `count_by_token` is off.
     pub fn token_calls(&self, token: &str) -> u64 {
         read(&self.inner.token_calls).get(token).map_or(0, |n| n.load(Ordering::Relaxed))
     }
@@ -214,6 +235,8 @@ impl Simulator {
     /// Zeroes every counter (scripts, their progress and outages are kept).
     pub fn reset(&self) {
         self.inner.emis.reset_calls();
+        self.inner.tpp.reset_calls();
+        self.inner.vision.reset_calls();
         write(&self.inner.token_calls).clear();
     }
 
@@ -309,6 +332,16 @@ impl RunningSimulator {
         format!("http://{}/emis", self.addr)
     }
 
+    /// The TPP URL, `http://{addr}/tpp` (every TPP message goes there).
+    pub fn tpp_url(&self) -> String {
+        format!("http://{}/tpp", self.addr)
+    }
+
+    /// The Vision SOAP endpoint, `http://{addr}/vision`.
+    pub fn vision_url(&self) -> String {
+        format!("http://{}/vision", self.addr)
+    }
+
     /// Stops accepting, lets in-flight answers finish (hangs and delays are cut short),
     /// and aborts the server if that takes longer than a few seconds.
     pub async fn shutdown(self) {
@@ -344,6 +377,34 @@ pub async fn serve(
             releaser.release_waiters();
         })
         .await
+}
+
+// ---- answers shared by the supplier routes ----
+
+/// An answer with a content type and an optional `Retry-After`.
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<axum::body::Body>,
+    retry_after: Option<u64>,
+) -> Response {
+    use axum::http::HeaderValue;
+    use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The answer to a behaviour that belongs to another supplier: HTTP 400 with a plain-text
+/// note, so a misdirected script is visible and never mistaken for a verdict.
+fn foreign_behaviour(behaviour: Behaviour, supplier: Supplier) -> Response {
+    let owner = behaviour.only_for().map_or("every", Supplier::as_str);
+    let note = format!("the simulator behaviour {behaviour} is for {owner} only; {supplier} cannot answer with it");
+    respond(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", note, None)
 }
 
 // ---- control endpoints ----

@@ -16,7 +16,13 @@
 //! ```
 //!
 //! A token's script is a list of [`Step`]s: its i-th check gets `steps[min(i, len - 1)]`,
-//! so the last step repeats for ever.
+//! so the last step repeats for ever. Tokens are keyed by their identifying value: EMIS's
+//! `AccessIdentityGuid`, TPP's `accountId`, Vision's `rosuAccountId`.
+//!
+//! Generic behaviours (`valid`, `rate_limited`, `unavailable`, ...) are rendered by every
+//! supplier in its own format. A supplier-specific behaviour used on another supplier
+//! (an EMIS one on TPP, a `tpp_` one on Vision, ...) is answered HTTP 400 with a
+//! plain-text note naming the behaviour: every adapter classifies that as transient.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,13 +33,17 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::model::Supplier;
+
 /// Generates [`Behaviour`] with its wire names given once (serde, `FromStr`, `Display`,
 /// `ALL`), each with a line of documentation.
 macro_rules! behaviours {
     ($($(#[doc = $doc:literal])+ $variant:ident => $text:literal,)+) => {
         /// How a simulated supplier answers one check. Names are the scenario file's
-        /// spellings; each EMIS behaviour stands for one row of the EMIS table in
-        /// im1-wire.md (its expected classification is in the doc line).
+        /// spellings; each supplier-specific behaviour stands for one row of that
+        /// supplier's table in im1-wire.md (its expected classification is in the doc
+        /// line). TPP and Vision behaviours are prefixed `tpp_` and `vision_`; the EMIS
+        /// ones predate the prefix rule. See [`Behaviour::only_for`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum Behaviour {
             $($(#[doc = $doc])+ #[serde(rename = $text)] $variant,)+
@@ -110,6 +120,100 @@ behaviours! {
     HugeBody => "huge_body",
     /// Never answers (sleeps an hour, or until the simulator shuts down) → transient (timeout).
     Hang => "hang",
+    /// TPP: `Error` errorCode 9 (problem logging on), HTTP 200 → invalid(token_rejected).
+    TppProblemLoggingOn => "tpp_problem_logging_on",
+    /// TPP: `Error` errorCode 6 (no access), HTTP 200 → invalid(access_revoked).
+    TppNoAccess => "tpp_no_access",
+    /// TPP: `Error` errorCode 5 (invalid provider id), HTTP 200 → supplier_config_error.
+    TppInvalidProvider => "tpp_invalid_provider",
+    /// TPP: `Error` errorCode 0 (service unavailable), HTTP 200 → transient.
+    TppServiceUnavailable => "tpp_service_unavailable",
+    /// TPP: `Error` errorCode 3 (not authenticated), HTTP 200 → transient.
+    TppNotAuthenticated => "tpp_not_authenticated",
+    /// TPP: `Error` with an unlisted errorCode (42), HTTP 200 → transient.
+    TppUnknownCode => "tpp_unknown_code",
+    /// TPP: `Error` errorCode 9 with HTTP 500: classified by the body → invalid(token_rejected).
+    TppErrorHttp500 => "tpp_error_http_500",
+    /// TPP: HTTP 200 with a well-formed answer whose root is neither `AuthenticateReply` nor `Error` → transient.
+    TppWrongRoot => "tpp_wrong_root",
+    /// TPP: `AuthenticateReply` without a `suid` header → valid (no Logoff is sent).
+    TppValidWithoutSuid => "tpp_valid_without_suid",
+    /// TPP: `AuthenticateReply` with a `suid` whose Logoff then fails with HTTP 500 → still valid.
+    TppLogoffFails => "tpp_logoff_fails",
+    /// Vision: outcome error code -30 (invalid user credentials), HTTP 200 → invalid(token_rejected).
+    VisionInvalidCredentials => "vision_invalid_credentials",
+    /// Vision: outcome error code -19 (disabled), HTTP 200 → invalid(access_revoked).
+    VisionDisabled => "vision_disabled",
+    /// Vision: outcome error code -35 (access denied), HTTP 200 → invalid(access_revoked).
+    VisionAccessDenied => "vision_access_denied",
+    /// Vision: SOAP Fault `wsse:InvalidSecurity`, HTTP 500 → supplier_config_error.
+    VisionInvalidSecurity => "vision_invalid_security",
+    /// Vision: outcome error code -15 (record currently unavailable) → transient.
+    VisionRecordUnavailable => "vision_record_unavailable",
+    /// Vision: outcome error code -100 (unknown error) → transient.
+    VisionUnknownError => "vision_unknown_error",
+    /// Vision: SOAP Fault, HTTP 500, carrying `detail/visionFault/error/code` -30 → invalid(token_rejected).
+    VisionFaultWithCode => "vision_fault_with_code",
+    /// Vision: `successful` true without `serviceContent/configuration/account` → transient.
+    VisionSuccessWithoutAccount => "vision_success_without_account",
+    /// Vision: a success-shaped answer behind a DOCTYPE declaring an external entity → transient (dtd_refused).
+    VisionXxe => "vision_xxe",
+}
+
+impl Behaviour {
+    /// The one supplier this behaviour belongs to, `None` for the generic ones (`valid`,
+    /// `rate_limited`, `unavailable`, `server_error`, `garbage`, `hang`, `not_found`,
+    /// `huge_body`, `ok_without_session`, `proxy_html`), which every supplier renders in
+    /// its own format. A supplier asked for another supplier's behaviour answers HTTP 400
+    /// with a plain-text note (a transient answer for every adapter).
+    pub fn only_for(self) -> Option<Supplier> {
+        use Behaviour as B;
+        match self {
+            B::Valid
+            | B::RateLimited
+            | B::Unavailable
+            | B::ServerError
+            | B::Garbage
+            | B::Hang
+            | B::NotFound
+            | B::HugeBody
+            | B::OkWithoutSession
+            | B::ProxyHtml => None,
+            B::RestrictedLink
+            | B::NotRegistered
+            | B::Restricted
+            | B::PracticeNotEnabled
+            | B::PracticeNotLive
+            | B::Forbidden
+            | B::NoUser
+            | B::InvalidLinkage
+            | B::DetailsMismatch
+            | B::AccountInactive
+            | B::PatientArchived
+            | B::BadRequest
+            | B::SessionExpired
+            | B::SessionExpiredText => Some(Supplier::Emis),
+            B::TppProblemLoggingOn
+            | B::TppNoAccess
+            | B::TppInvalidProvider
+            | B::TppServiceUnavailable
+            | B::TppNotAuthenticated
+            | B::TppUnknownCode
+            | B::TppErrorHttp500
+            | B::TppWrongRoot
+            | B::TppValidWithoutSuid
+            | B::TppLogoffFails => Some(Supplier::Tpp),
+            B::VisionInvalidCredentials
+            | B::VisionDisabled
+            | B::VisionAccessDenied
+            | B::VisionInvalidSecurity
+            | B::VisionRecordUnavailable
+            | B::VisionUnknownError
+            | B::VisionFaultWithCode
+            | B::VisionSuccessWithoutAccount
+            | B::VisionXxe => Some(Supplier::Vision),
+        }
+    }
 }
 
 /// A behaviour name that is not one of [`Behaviour::ALL`].

@@ -17,6 +17,12 @@ pub enum TransportError {
     Connect,
     #[error("TLS handshake failed")]
     Tls,
+    /// The supplier refused our client certificate (or our CA set-up): configuration.
+    #[error("the supplier rejected our client certificate")]
+    TlsClientRejected,
+    /// We refused the supplier's certificate (unknown CA, expired, wrong name).
+    #[error("the supplier's certificate is not trusted")]
+    TlsServerUntrusted,
     #[error("the answer was larger than {MAX_BODY} bytes")]
     BodyTooLarge,
     #[error("the connection failed mid-request")]
@@ -30,9 +36,17 @@ impl TransportError {
             TransportError::Timeout => "timeout",
             TransportError::Connect => "connect",
             TransportError::Tls => "tls",
+            TransportError::TlsClientRejected => "tls_client_certificate_rejected",
+            TransportError::TlsServerUntrusted => "tls_server_certificate_untrusted",
             TransportError::BodyTooLarge => "body_too_large",
             TransportError::Other => "transport",
         }
+    }
+
+    /// Whether this failure says our own configuration is wrong (certificates, CA) rather
+    /// than the supplier being unwell.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, TransportError::TlsClientRejected | TransportError::TlsServerUntrusted)
     }
 
     /// Classifies a reqwest error without keeping its text (it can carry URLs).
@@ -40,15 +54,50 @@ impl TransportError {
         if err.is_timeout() {
             return TransportError::Timeout;
         }
-        let mut source: Option<&dyn std::error::Error> = Some(err);
-        while let Some(e) = source {
-            if e.is::<rustls::Error>() {
-                return TransportError::Tls;
-            }
-            source = e.source();
+        if let Some(tls) = find_rustls_error(err) {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => TransportError::TlsServerUntrusted,
+                rustls::Error::AlertReceived(alert) if rejects_client(*alert) => TransportError::TlsClientRejected,
+                _ => TransportError::Tls,
+            };
         }
         if err.is_connect() { TransportError::Connect } else { TransportError::Other }
     }
+}
+
+/// Alerts a server sends when it will not accept our certificate.
+fn rejects_client(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::CertificateRequired
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+    )
+}
+
+/// Finds a rustls error anywhere in the chain. An `io::Error` wrapping one hides it from
+/// `source()` (it reports the inner error's source), so look inside those explicitly.
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(tls) = find_rustls_error(inner)
+        {
+            return Some(tls);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// A complete HTTP answer, body bounded.

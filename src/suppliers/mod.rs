@@ -6,6 +6,11 @@
 
 pub mod emis;
 pub mod http;
+pub mod tls;
+pub mod tpp;
+pub mod vision;
+pub mod wssec;
+pub mod xml;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,6 +98,21 @@ impl Evidence {
     }
 }
 
+/// The transient outcome for an unlisted answer: `Retry-After` is honoured on 429 and 503
+/// (the wire doc's rule for every supplier), ignored elsewhere.
+pub(crate) fn transient_for(status: u16, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        429 | 503 => Outcome::Transient { retry_after },
+        _ => Outcome::transient(),
+    }
+}
+
+/// `evidence` with our own note added.
+pub(crate) fn with_detail(mut evidence: Evidence, detail: &str) -> Evidence {
+    evidence.detail = Some(detail.to_owned());
+    evidence
+}
+
 /// An outcome with its evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -105,9 +125,12 @@ impl Answer {
         Answer { outcome, evidence }
     }
 
-    /// The transient answer for a failure to get any HTTP answer at all.
+    /// The answer for a failure to get any HTTP answer at all: transient, except a TLS
+    /// failure that says our own certificates or CA are wrong (a configuration error).
+    /// Never a verdict.
     pub fn from_transport(err: &TransportError) -> Self {
-        Answer::new(Outcome::transient(), Evidence::detail(err.detail()))
+        let outcome = if err.is_configuration() { Outcome::SupplierConfigError } else { Outcome::transient() };
+        Answer::new(outcome, Evidence::detail(err.detail()))
     }
 }
 
@@ -129,24 +152,60 @@ pub trait Adapter: Send + Sync {
     fn check<'a>(&'a self, target: CheckTarget<'a>) -> BoxFuture<'a, Answer>;
 }
 
-/// Adapters for every configured supplier, sharing one HTTP client.
+/// Adapters for every configured supplier, each with its own HTTP client (its own client
+/// certificate and trust roots; one connection pool per supplier for the process).
+/// Unusable TLS files are reported together, by variable and file, before anything runs.
 pub fn build(
     settings: &crate::config::Settings,
-    http: &HttpClient,
-) -> std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> {
+) -> Result<std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>>, Vec<String>> {
     let mut adapters: std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> =
         std::collections::HashMap::new();
+    let mut problems = Vec::new();
     for supplier in Supplier::CHECKABLE {
         let Some(cfg) = settings.supplier(*supplier) else { continue };
+        let http = match tls::client(settings, cfg) {
+            Ok(client) => HttpClient::new(client),
+            Err(mut found) => {
+                problems.append(&mut found);
+                continue;
+            }
+        };
         match supplier {
             Supplier::Emis => {
                 let adapter = emis::EmisAdapter::new(http.clone(), &cfg.url, cfg.id.clone(), settings.http_timeout);
                 adapters.insert(Supplier::Emis, std::sync::Arc::new(adapter));
             }
-            other => {
-                tracing::warn!(supplier = %other, "no adapter for this supplier yet: its credentials are not checked")
+            Supplier::Tpp => {
+                let adapter = tpp::TppAdapter::new(http.clone(), &cfg.url, cfg.id.clone(), settings.http_timeout);
+                adapters.insert(Supplier::Tpp, std::sync::Arc::new(adapter));
             }
+            Supplier::Vision => {
+                let signer = match vision_signer(settings) {
+                    Ok(signer) => signer,
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                };
+                let adapter =
+                    vision::VisionAdapter::new(http.clone(), &cfg.url, cfg.id.clone(), settings.http_timeout, signer);
+                adapters.insert(Supplier::Vision, std::sync::Arc::new(adapter));
+            }
+            // Microtest tokens are dummies: never checked, so never in CHECKABLE.
+            Supplier::Microtest => {}
         }
     }
-    adapters
+    if problems.is_empty() { Ok(adapters) } else { Err(problems) }
+}
+
+/// The WS-Security signer for Vision envelopes, when `IM1_VISION_SIGNING_CERT` and
+/// `IM1_VISION_SIGNING_KEY` are set (unsigned otherwise). Unusable files are a start-up
+/// problem naming the variables.
+fn vision_signer(settings: &crate::config::Settings) -> Result<Option<vision::Signer>, String> {
+    let (Some(cert), Some(key)) = (&settings.vision_signing_cert, &settings.vision_signing_key) else {
+        return Ok(None);
+    };
+    let signer = wssec::Signer::from_pem_files(cert, key)
+        .map_err(|e| format!("IM1_VISION_SIGNING_CERT/IM1_VISION_SIGNING_KEY: {e}"))?;
+    Ok(Some(std::sync::Arc::new(move |envelope: &str| signer.sign_envelope(envelope))))
 }

@@ -1,38 +1,24 @@
 //! The EMIS adapter against the simulator over real HTTP: every simulated behaviour's
 //! classification, end-user session reuse and renewal, timeouts and Retry-After.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use im1_revalidator::model::{Reason, Supplier};
-use im1_revalidator::simulator::{Behaviour, RunningSimulator, Scenario, Simulator, Step};
+use im1_revalidator::simulator::{Behaviour, RunningSimulator, Scenario, Step};
 use im1_revalidator::suppliers::emis::EmisAdapter;
-use im1_revalidator::suppliers::{Adapter, Answer, CheckTarget, HttpClient, Outcome};
+use im1_revalidator::suppliers::{Adapter, Answer, CheckTarget, Outcome};
 use im1_revalidator::token::Token;
+
+use crate::helpers::{localhost, retry_after, start, transient};
 
 const ODS: &str = "A12345";
 const APP_ID: &str = "im1-revalidator-test-app";
 
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn http() -> HttpClient {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    HttpClient::new(reqwest::Client::builder().build().expect("client builds"))
-}
-
-async fn start(scenario: Scenario) -> (Simulator, RunningSimulator) {
-    let sim = Simulator::new(scenario);
-    let running = sim.spawn(localhost()).await.expect("simulator binds");
-    (sim, running)
-}
-
 fn adapter(running: &RunningSimulator, timeout: Duration) -> EmisAdapter {
-    EmisAdapter::new(http(), &running.emis_url(), APP_ID.to_owned(), timeout)
+    EmisAdapter::new(crate::helpers::adapter_http(), &running.emis_url(), APP_ID.to_owned(), timeout)
 }
 
 fn token(guid: &str) -> Token {
@@ -42,14 +28,6 @@ fn token(guid: &str) -> Token {
 async fn check(adapter: &EmisAdapter, guid: &str) -> Answer {
     let token = token(guid);
     adapter.check(CheckTarget { ods_code: ODS, token: &token }).await
-}
-
-fn transient() -> Outcome {
-    Outcome::transient()
-}
-
-fn retry_after(secs: u64) -> Outcome {
-    Outcome::Transient { retry_after: Some(Duration::from_secs(secs)) }
 }
 
 /// What each behaviour must come to through the real adapter (hang: see its own test).
@@ -75,6 +53,26 @@ fn expected(behaviour: Behaviour) -> Option<Outcome> {
         | B::NotFound
         | B::HugeBody => transient(),
         B::Hang => return None,
+        // Another supplier's behaviour: HTTP 400 with a plain-text note.
+        B::TppProblemLoggingOn
+        | B::TppNoAccess
+        | B::TppInvalidProvider
+        | B::TppServiceUnavailable
+        | B::TppNotAuthenticated
+        | B::TppUnknownCode
+        | B::TppErrorHttp500
+        | B::TppWrongRoot
+        | B::TppValidWithoutSuid
+        | B::TppLogoffFails
+        | B::VisionInvalidCredentials
+        | B::VisionDisabled
+        | B::VisionAccessDenied
+        | B::VisionInvalidSecurity
+        | B::VisionRecordUnavailable
+        | B::VisionUnknownError
+        | B::VisionFaultWithCode
+        | B::VisionSuccessWithoutAccount
+        | B::VisionXxe => transient(),
     })
 }
 
@@ -227,7 +225,8 @@ async fn a_failing_end_user_session_request_is_transient_for_that_check() {
     running.shutdown().await;
 
     // A refused connection (nothing listening) is transient `connect`.
-    let closed = EmisAdapter::new(http(), "http://127.0.0.1:9", APP_ID.into(), Duration::from_secs(2));
+    let closed =
+        EmisAdapter::new(crate::helpers::adapter_http(), "http://127.0.0.1:9", APP_ID.into(), Duration::from_secs(2));
     let answer = check(&closed, "guid-nobody-home").await;
     assert_eq!(answer.outcome, transient());
     assert_eq!(answer.evidence.detail.as_deref(), Some("end_user_session_connect"));
@@ -318,7 +317,12 @@ async fn requests_have_the_documented_shape() {
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let emis = EmisAdapter::new(http(), &format!("http://{addr}/base/"), APP_ID.into(), Duration::from_secs(5));
+    let emis = EmisAdapter::new(
+        crate::helpers::adapter_http(),
+        &format!("http://{addr}/base/"),
+        APP_ID.into(),
+        Duration::from_secs(5),
+    );
     assert_eq!(check(&emis, "shape-guid").await.outcome, Outcome::Valid);
     assert_eq!(check(&emis, "shape-guid-2").await.outcome, Outcome::Valid);
     server.abort();
@@ -360,7 +364,12 @@ async fn a_token_echoed_by_emis_never_reaches_the_answer() {
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let emis = EmisAdapter::new(http(), &format!("http://{addr}"), APP_ID.into(), Duration::from_secs(5));
+    let emis = EmisAdapter::new(
+        crate::helpers::adapter_http(),
+        &format!("http://{addr}"),
+        APP_ID.into(),
+        Duration::from_secs(5),
+    );
     let answer = check(&emis, "0f8fad5b-d9cb-469f-a165-70867728950e").await;
     server.abort();
     assert_eq!(answer.outcome, Outcome::Invalid(Reason::TokenRejected));

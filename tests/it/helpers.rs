@@ -169,3 +169,29 @@ pub fn database_url(pool: &PgPool) -> String {
         o.get_database().unwrap_or("postgres")
     )
 }
+
+/// Adapter tests: port 0 on loopback.
+pub fn localhost() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Adapter tests: a plain HTTP client, as an adapter gets one.
+pub fn adapter_http() -> im1_revalidator::suppliers::HttpClient {
+    install_crypto();
+    im1_revalidator::suppliers::HttpClient::new(reqwest::Client::builder().build().expect("client builds"))
+}
+
+/// Adapter tests: a simulator on loopback with `scenario`.
+pub async fn start(scenario: Scenario) -> (Simulator, RunningSimulator) {
+    let sim = Simulator::new(scenario);
+    let running = sim.spawn(localhost()).await.expect("simulator binds");
+    (sim, running)
+}
+
+pub fn transient() -> im1_revalidator::suppliers::Outcome {
+    im1_revalidator::suppliers::Outcome::transient()
+}
+
+pub fn retry_after(secs: u64) -> im1_revalidator::suppliers::Outcome {
+    im1_revalidator::suppliers::Outcome::Transient { retry_after: Some(std::time::Duration::from_secs(secs)) }
+}

@@ -8,3 +8,8 @@ mod helpers;
 mod import;
 mod simulator_control;
 mod sweep;
+mod tls;
+mod tpp_adapter;
+mod vision_adapter;
+mod vision_signing;
+mod wssec;

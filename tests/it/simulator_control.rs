@@ -59,7 +59,14 @@ async fn calls_are_counted_per_endpoint_and_token_and_reset() {
     let client = client();
     let base = running.base_url();
     let calls = json_of(client.get(format!("{base}/_sim/calls")).send().await.expect("sent")).await;
-    assert_eq!(calls, json!({"emis": {"end_user_session": 0, "sessions": 0, "session_rejections": 0}}));
+    assert_eq!(
+        calls,
+        json!({
+            "emis": {"end_user_session": 0, "sessions": 0, "session_rejections": 0},
+            "tpp": {"authenticate": 0, "logoff": 0},
+            "vision": {"get_configuration": 0},
+        })
+    );
 
     let session = end_user_session(&client, &running).await;
     for _ in 0..3 {
@@ -73,7 +80,14 @@ async fn calls_are_counted_per_endpoint_and_token_and_reset() {
     assert_eq!(emis_check(&client, &running, "not-issued", "guid-b").await.status(), StatusCode::UNAUTHORIZED);
 
     let calls = json_of(client.get(format!("{base}/_sim/calls")).send().await.expect("sent")).await;
-    assert_eq!(calls, json!({"emis": {"end_user_session": 1, "sessions": 4, "session_rejections": 1}}));
+    assert_eq!(
+        calls,
+        json!({
+            "emis": {"end_user_session": 1, "sessions": 4, "session_rejections": 1},
+            "tpp": {"authenticate": 0, "logoff": 0},
+            "vision": {"get_configuration": 0},
+        })
+    );
     let a = json_of(client.get(format!("{base}/_sim/calls/guid-a")).send().await.expect("sent")).await;
     assert_eq!(a, json!({"calls": 3}));
     let b = json_of(client.get(format!("{base}/_sim/calls/guid-b")).send().await.expect("sent")).await;
