@@ -83,6 +83,65 @@ pub async fn claim(
         .collect())
 }
 
+/// Claims up to `limit` credentials whose RP asked for a check now (oldest request first),
+/// among `suppliers`, whether or not they are due.
+pub async fn claim_priority(
+    pool: &PgPool,
+    suppliers: &[Supplier],
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Claimed>> {
+    let names: Vec<String> = suppliers.iter().map(|s| s.as_str().to_owned()).collect();
+    let rows = sqlx::query!(
+        r#"
+        WITH asked AS (
+            SELECT user_id
+              FROM im1_credentials
+             WHERE priority_requested_at IS NOT NULL
+               AND supplier = ANY($1)
+               AND status <> 'unsupported'
+               AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+             ORDER BY priority_requested_at
+             LIMIT $3
+               FOR UPDATE SKIP LOCKED
+        )
+        UPDATE im1_credentials c
+           SET lease_expires_at = $4,
+               lease_owner = $5,
+               fence = c.fence + 1
+          FROM asked
+         WHERE c.user_id = asked.user_id
+        RETURNING c.user_id, c.supplier, c.ods_code, c.token_ciphertext, c.fence,
+                  c.status, c.reason, c.refresh_required, c.refresh_attempts,
+                  c.refresh_suppressed_until, c.strike_at, c.strike_reason, c.last_checked_at,
+                  c.last_outcome, c.last_verified_at, c.invalidated_at, c.failures
+        "#,
+        &names,
+        now,
+        limit,
+        lease_until,
+        owner,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let supplier = r.supplier.parse().ok()?;
+            Some(Claimed {
+                user_id: r.user_id,
+                supplier,
+                ods_code: r.ods_code,
+                token_ciphertext: r.token_ciphertext,
+                fence: r.fence,
+                standing: standing_row!(r).into_standing(),
+            })
+        })
+        .collect())
+}
+
 /// Reads due credentials without claiming them, for `sweep --dry-run`: keyset pages in
 /// (next_check_at, user_id) order after `after`.
 pub async fn peek_due(
@@ -210,6 +269,8 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
                    next_check_at = v.next_check_at,
                    lease_expires_at = NULL,
                    lease_owner = NULL,
+                   -- The check an RP asked for has been made.
+                   priority_requested_at = NULL,
                    updated_at = $20
               -- Sorted input: the nested loop over the primary key updates (and so locks)
               -- rows in user_id order, the order import locks them in, so writers cannot

@@ -147,7 +147,7 @@ impl Engine {
         tracing::info!(suppliers = ?suppliers, "sweep started");
         self.progress.store(0, Ordering::Relaxed);
 
-        let result = self.run_pipeline(&suppliers, due_by, request.dry_run, shutdown).await;
+        let result = self.run_pipeline(&suppliers, due_by, request.dry_run, false, shutdown).await;
         let seconds = started.elapsed().as_secs_f64();
 
         let (mut report, error) = match result {
@@ -210,11 +210,28 @@ impl Engine {
         }
     }
 
+    /// Checks every credential an RP asked to have checked now (`POST …/check`), then
+    /// returns. `run` calls this between scheduled sweeps; a sweep also takes pending
+    /// requests first in every claim round.
+    pub async fn sweep_priority(&self, shutdown: Shutdown) -> anyhow::Result<SweepReport> {
+        let suppliers = self.suppliers_for(&SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Command });
+        match self.run_pipeline(&suppliers, self.clock.now(), false, true, shutdown).await {
+            Ok(report) => {
+                if report.checks > 0 {
+                    tracing::info!(checks = report.checks, outcomes = ?report.outcomes, "priority checks done");
+                }
+                Ok(report)
+            }
+            Err((_, e)) => Err(e),
+        }
+    }
+
     async fn run_pipeline(
         &self,
         suppliers: &[Supplier],
         due_by: DateTime<Utc>,
         dry_run: bool,
+        priority_only: bool,
         mut shutdown: Shutdown,
     ) -> Result<SweepReport, (SweepReport, anyhow::Error)> {
         let batch = self.limits.batch_size.max(1);
@@ -268,40 +285,65 @@ impl Engine {
                     Err(_) => break,
                 },
             };
-            let slot = turn % active.len();
-            let supplier = active[slot];
-            let rows = if dry_run {
-                let after = cursors.get(&supplier).cloned();
-                store::claims::peek_due(&self.pool, supplier, due_by, after, batch as i64).await.map(|rows| {
-                    if let Some((last, at)) = rows.last() {
-                        cursors.insert(supplier, (*at, last.user_id.clone()));
-                    }
-                    rows.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
-                })
-            } else {
-                let now = self.clock.now();
-                store::claims::claim(
+            // Priority requests first, up to half a batch (all of it in priority-only
+            // mode), so an RP's login-time check jumps the queue without starving the
+            // scheduled work. A dry run only reads, so it takes none.
+            let now = self.clock.now();
+            let lease_until = now + delta(self.limits.lease);
+            let mut rows = Vec::new();
+            if !dry_run {
+                let limit = if priority_only { batch } else { (batch / 2).max(1) };
+                match store::claims::claim_priority(
                     &self.pool,
-                    supplier,
-                    due_by,
+                    suppliers,
                     now,
-                    now + delta(self.limits.lease),
+                    lease_until,
                     self.process_id,
-                    batch as i64,
+                    limit as i64,
                 )
                 .await
-            };
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    failure = Some(anyhow::Error::new(e).context(format!("claiming {supplier} credentials")));
+                {
+                    Ok(claimed) => rows = claimed,
+                    Err(e) => {
+                        failure = Some(anyhow::Error::new(e).context("claiming priority checks"));
+                        break;
+                    }
+                }
+            }
+            if priority_only {
+                if rows.is_empty() {
                     break;
                 }
-            };
-            if rows.len() < batch {
-                active.remove(slot);
             } else {
-                turn += 1;
+                let limit = batch - rows.len();
+                let slot = turn % active.len();
+                let supplier = active[slot];
+                let regular = if dry_run {
+                    let after = cursors.get(&supplier).cloned();
+                    store::claims::peek_due(&self.pool, supplier, due_by, after, limit as i64).await.map(|found| {
+                        if let Some((last, at)) = found.last() {
+                            cursors.insert(supplier, (*at, last.user_id.clone()));
+                        }
+                        found.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
+                    })
+                } else {
+                    store::claims::claim(&self.pool, supplier, due_by, now, lease_until, self.process_id, limit as i64)
+                        .await
+                };
+                match regular {
+                    Ok(regular) => {
+                        if regular.len() < limit {
+                            active.remove(slot);
+                        } else {
+                            turn += 1;
+                        }
+                        rows.extend(regular);
+                    }
+                    Err(e) => {
+                        failure = Some(anyhow::Error::new(e).context(format!("claiming {supplier} credentials")));
+                        break;
+                    }
+                }
             }
             if !dry_run {
                 let mut held = lock(&in_flight);

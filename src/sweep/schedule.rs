@@ -39,6 +39,9 @@ impl Liveness {
 
 /// How often the idle loop wakes to prove it is alive.
 const TICK: Duration = Duration::from_secs(5);
+/// How often the idle loop looks for RP-requested priority checks (one index-only query on
+/// an almost always empty partial index): a login-time check waits at most this long.
+const PRIORITY_POLL: Duration = Duration::from_millis(250);
 /// How often old event rows are pruned (every replica may; the deletes are idempotent).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -74,13 +77,15 @@ pub async fn run(
         if let Some(next) = next {
             engine.metrics.next_sweep.set(next.timestamp_millis() as f64 / 1000.0);
         }
-        // Sleep towards the next fire in short steps, ticking liveness on each.
+        // Sleep towards the next fire in short steps, ticking liveness on each and serving
+        // priority checks between sweeps.
         let wait = next.map_or(TICK, |next| (next - now).to_std().unwrap_or(Duration::ZERO).min(TICK));
         tokio::select! {
             _ = shutdown.wait() => break,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.min(PRIORITY_POLL)) => {}
         }
         liveness.tick();
+        serve_priority(&engine, &shutdown).await;
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
             prune_events(&engine, event_retention).await;
@@ -108,5 +113,18 @@ pub async fn run(
         if shutdown.is_triggered() {
             break;
         }
+    }
+}
+
+/// Runs any pending priority checks now. Failures are logged; the next poll retries.
+async fn serve_priority(engine: &Engine, shutdown: &Shutdown) {
+    match crate::store::priority::any_pending(&engine.pool).await {
+        Ok(true) => {
+            if let Err(e) = engine.sweep_priority(shutdown.clone()).await {
+                tracing::warn!(error = format!("{e:#}"), "priority checks failed; retrying at the next poll");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "could not look for priority checks"),
     }
 }

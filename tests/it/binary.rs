@@ -279,3 +279,42 @@ async fn readyz_fails_before_migrations(pool: PgPool) {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("run `im1-revalidator migrate` first"));
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn run_without_a_schedule_still_serves_priority_checks(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.import(&[emis_line("u1", "guid-prio")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .env("IM1_ENCRYPTION_KEYS", KEY_A)
+        .env("IM1_EMIS_URL", app.running.emis_url())
+        .env("IM1_EMIS_APPLICATION_ID", "app")
+        .env("IM1_SCHEDULE", "off")
+        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_for_status(&client, &format!("http://127.0.0.1:{port}/readyz"), 200).await;
+    assert_eq!(app.sim.token_calls("guid-prio"), 0, "no schedule, no sweep");
+    let asked = chrono::Utc::now();
+    assert!(im1_revalidator::store::priority::request(&pool, "u1", asked).await.unwrap());
+    let mut served = false;
+    for _ in 0..400 {
+        if !im1_revalidator::store::priority::pending(&pool, "u1").await.unwrap() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(served, "the priority request was never served");
+    assert_eq!(app.sim.token_calls("guid-prio"), 1);
+    let row = im1_revalidator::store::status::row(&pool, "u1").await.unwrap().unwrap();
+    assert_eq!(row.status, "valid");
+}

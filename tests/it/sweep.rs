@@ -433,3 +433,53 @@ async fn heartbeats_extend_only_our_claims_and_never_wait_on_a_locked_row(pool: 
             .unwrap();
     assert_eq!(until, [later; 3]);
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn priority_requests_are_served_between_sweeps(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.emis_user("asked", &["valid"]).await;
+    sweep_with(&app.engine()).await;
+    // Verified a moment ago: not due for a day. Others are due now.
+    for i in 0..6 {
+        app.emis_user(&format!("due{i}"), &[]).await;
+    }
+    let p = &app.pool;
+    assert!(im1_revalidator::store::priority::request(p, "asked", t0()).await.unwrap());
+    assert!(!im1_revalidator::store::priority::request(p, "nobody", t0()).await.unwrap());
+    assert!(im1_revalidator::store::priority::pending(p, "asked").await.unwrap());
+
+    // Between sweeps, `run` serves only the requests.
+    let report = app.engine().sweep_priority(Shutdown::never()).await.unwrap();
+    assert_eq!(report.checks, 1);
+    assert_eq!(app.sim.token_calls("guid-asked"), 2);
+    assert!(!im1_revalidator::store::priority::pending(p, "asked").await.unwrap(), "the request is served");
+    assert_eq!(app.row("due0").await.last_checked_at, None, "scheduled work waits for its sweep");
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn priority_requests_never_starve_scheduled_work(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut lines = Vec::new();
+    for i in 0..40 {
+        lines.push(emis_line(&format!("u{i:02}"), &format!("guid-{i:02}")));
+    }
+    app.import(&lines).await;
+    // Half of them also asked for a check now; batches of 4 take at most 2 of those.
+    for i in 0..20 {
+        im1_revalidator::store::priority::request(&app.pool, &format!("u{i:02}"), t0()).await.unwrap();
+    }
+    let mut vars = app.vars.clone();
+    vars.insert("IM1_BATCH_SIZE".into(), "4".into());
+    vars.insert("IM1_CONCURRENCY".into(), "1".into());
+    let report = sweep_with(&app.engine_with(&vars)).await;
+    assert_eq!(report.checks, 40, "every due credential checked once, asked or not");
+    for i in 0..40 {
+        assert_eq!(app.sim.token_calls(&format!("guid-{i:02}")), 1, "guid-{i:02}");
+    }
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM im1_credentials WHERE priority_requested_at IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0);
+}
