@@ -6,6 +6,7 @@ mod binary;
 mod emis_adapter;
 mod helpers;
 mod import;
+mod lifecycle;
 mod simulator_control;
 mod sweep;
 mod tls;
