@@ -1,4 +1,7 @@
-//! The admin port (bound only by `run`): `/healthz`, `/readyz` and `/metrics`.
+//! The admin port (bound only by `run`): `/healthz`, `/readyz`, `/metrics`, and the RP
+//! API under `/v1` ([`api`]).
+
+pub mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +11,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use secrecy::SecretString;
 use sqlx::PgPool;
 
 use crate::clock::SharedClock;
+use crate::crypto::Keyring;
 use crate::metrics::{DatabaseSnapshot, Metrics};
+use crate::policy::Rules;
 use crate::sweep::schedule::Liveness;
 
 /// What the admin handlers read.
@@ -24,6 +30,12 @@ pub struct AdminState {
     /// Twice this is how long a checked credential may go unverified before it counts
     /// in `im1_credentials_unverified`.
     pub recheck_interval: Duration,
+    /// `IM1_API_TOKENS`: bearer tokens the RP API accepts; empty turns the API off (404).
+    pub api_tokens: Arc<[SecretString]>,
+    /// Encrypts tokens written through the API's PUT.
+    pub keys: Arc<Keyring>,
+    /// The verdict rules (the loop guard counts reported refresh outcomes).
+    pub rules: Rules,
 }
 
 /// Longest silence from the scheduler loop before `/healthz` fails.
@@ -34,6 +46,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(api::routes())
+        // Unknown paths answer in the API's error shape too.
+        .fallback(|| async { api::ApiError::not_found() })
         .with_state(state)
 }
 

@@ -39,6 +39,9 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         liveness: liveness.clone(),
         clock,
         recheck_interval: settings.recheck_interval,
+        api_tokens: settings.api_tokens.clone().into(),
+        keys: engine.keys.clone(),
+        rules: engine.rules.clone(),
     });
     let server = tokio::spawn(admin::serve(listener, router, stop.clone()));
     schedule::run(engine, settings.schedule.clone(), settings.timezone, settings.event_retention, liveness, stop).await;

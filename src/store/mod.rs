@@ -72,6 +72,7 @@ macro_rules! standing_row {
 }
 
 pub mod claims;
+pub mod credentials;
 pub mod events;
 pub mod import;
 pub mod priority;

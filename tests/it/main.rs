@@ -2,6 +2,7 @@
 //! `#[sqlx::test]`), suppliers over real HTTP on loopback (the project's simulator), and a
 //! manual clock so time-dependent rules are crossed without sleeping.
 
+mod api;
 mod binary;
 mod emis_adapter;
 mod helpers;
