@@ -195,6 +195,26 @@ async fn check_config_names_key_ids_in_use_but_not_configured(pool: PgPool) {
     assert!(stderr.contains(r#"key id "a" encrypts 1 token(s) but is not in IM1_ENCRYPTION_KEYS"#), "{stderr}");
 }
 
+/// Starts `run` against this test's database and simulator on a free admin port, its output
+/// captured.
+fn spawn_run(pool: &PgPool, app: &TestApp, schedule: &str) -> (u16, std::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", database_url(pool))
+        .env("IM1_ENCRYPTION_KEYS", KEY_A)
+        .env("IM1_EMIS_URL", app.running.emis_url())
+        .env("IM1_EMIS_APPLICATION_ID", "app")
+        .env("IM1_SCHEDULE", schedule)
+        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (port, child)
+}
+
 /// Polls `url` until it answers `want` (the process is starting up; no fixed sleep).
 async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> String {
     for _ in 0..400 {
@@ -213,20 +233,7 @@ async fn run_sweeps_on_schedule_serves_admin_and_stops_on_sigterm(pool: PgPool) 
     let app = spawn_app(pool.clone()).await;
     app.sim.script("SECRET-RUN-REVOKED", steps(&["not_registered"]));
     app.import(&[emis_line("u1", "SECRET-RUN-OK"), emis_line("u2", "SECRET-RUN-REVOKED")]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .env("DATABASE_URL", database_url(&pool))
-        .env("IM1_ENCRYPTION_KEYS", KEY_A)
-        .env("IM1_EMIS_URL", app.running.emis_url())
-        .env("IM1_EMIS_APPLICATION_ID", "app")
-        .env("IM1_SCHEDULE", "* * * * * *")
-        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (port, mut child) = spawn_run(&pool, &app, "* * * * * *");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for_status(&client, &format!("{base}/healthz"), 200).await;
@@ -284,20 +291,7 @@ async fn readyz_fails_before_migrations(pool: PgPool) {
 async fn run_without_a_schedule_still_serves_priority_checks(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.import(&[emis_line("u1", "guid-prio")]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .env("DATABASE_URL", database_url(&pool))
-        .env("IM1_ENCRYPTION_KEYS", KEY_A)
-        .env("IM1_EMIS_URL", app.running.emis_url())
-        .env("IM1_EMIS_APPLICATION_ID", "app")
-        .env("IM1_SCHEDULE", "off")
-        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (port, mut child) = spawn_run(&pool, &app, "off");
     let client = reqwest::Client::new();
     wait_for_status(&client, &format!("http://127.0.0.1:{port}/readyz"), 200).await;
     assert_eq!(app.sim.token_calls("guid-prio"), 0, "no schedule, no sweep");

@@ -68,6 +68,15 @@ impl Drop for Pki {
     }
 }
 
+/// The mutual-TLS settings: client certificate and key `{client}.pem`/`.key`, trusting `{ca}.pem`.
+fn client_files(pki: &Pki, client: &str, ca: &str) -> [(&'static str, String); 3] {
+    [
+        ("IM1_EMIS_CLIENT_CERT", pki.path(&format!("{client}.pem"))),
+        ("IM1_EMIS_CLIENT_KEY", pki.path(&format!("{client}.key"))),
+        ("IM1_EMIS_CA_CERT", pki.path(&format!("{ca}.pem"))),
+    ]
+}
+
 fn test_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -111,15 +120,7 @@ async fn a_client_certificate_from_the_private_ca_is_accepted() {
     install_crypto();
     let pki = Pki::new();
     let sim = mtls_simulator(&pki).await;
-    let s = settings(
-        &sim.https_url("/emis"),
-        &[
-            ("IM1_EMIS_CLIENT_CERT", pki.path("client.pem")),
-            ("IM1_EMIS_CLIENT_KEY", pki.path("client.key")),
-            ("IM1_EMIS_CA_CERT", pki.path("ca.pem")),
-        ],
-    )
-    .unwrap();
+    let s = settings(&sim.https_url("/emis"), &client_files(&pki, "client", "ca")).unwrap();
     let answer = check(&s).await;
     assert_eq!(answer.outcome, Outcome::Valid, "{answer:?}");
 }
@@ -144,15 +145,7 @@ async fn a_client_certificate_from_another_ca_is_a_configuration_error() {
     install_crypto();
     let pki = Pki::new();
     let sim = mtls_simulator(&pki).await;
-    let s = settings(
-        &sim.https_url("/emis"),
-        &[
-            ("IM1_EMIS_CLIENT_CERT", pki.path("stranger.pem")),
-            ("IM1_EMIS_CLIENT_KEY", pki.path("stranger.key")),
-            ("IM1_EMIS_CA_CERT", pki.path("ca.pem")),
-        ],
-    )
-    .unwrap();
+    let s = settings(&sim.https_url("/emis"), &client_files(&pki, "stranger", "ca")).unwrap();
     let answer = check(&s).await;
     assert!(matches!(answer.outcome, Outcome::SupplierConfigError | Outcome::Transient { .. }), "{answer:?}");
 }
@@ -162,15 +155,7 @@ async fn a_supplier_certificate_outside_the_configured_ca_is_a_configuration_err
     install_crypto();
     let pki = Pki::new();
     let sim = mtls_simulator(&pki).await;
-    let s = settings(
-        &sim.https_url("/emis"),
-        &[
-            ("IM1_EMIS_CLIENT_CERT", pki.path("client.pem")),
-            ("IM1_EMIS_CLIENT_KEY", pki.path("client.key")),
-            ("IM1_EMIS_CA_CERT", pki.path("other-ca.pem")),
-        ],
-    )
-    .unwrap();
+    let s = settings(&sim.https_url("/emis"), &client_files(&pki, "client", "other-ca")).unwrap();
     let answer = check(&s).await;
     assert_eq!(answer.outcome, Outcome::SupplierConfigError, "{answer:?}");
     assert!(answer.evidence.detail.unwrap_or_default().contains("tls_server_certificate_untrusted"));
@@ -247,15 +232,7 @@ async fn the_simulate_command_serves_mutual_tls() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     let url = format!("https://localhost:{port}/emis");
-    let with_cert = settings(
-        &url,
-        &[
-            ("IM1_EMIS_CLIENT_CERT", pki.path("client.pem")),
-            ("IM1_EMIS_CLIENT_KEY", pki.path("client.key")),
-            ("IM1_EMIS_CA_CERT", pki.path("ca.pem")),
-        ],
-    )
-    .unwrap();
+    let with_cert = settings(&url, &client_files(&pki, "client", "ca")).unwrap();
     let without = settings(&url, &[("IM1_EMIS_CA_CERT", pki.path("ca.pem"))]).unwrap();
     let (good, refused) = (check(&with_cert).await, check(&without).await);
     let _ = child.kill();
