@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::StandingColumns;
-use crate::model::{Status, Supplier};
+use crate::model::{Reason, Status, Supplier};
 use crate::policy::Decision;
 
 /// A claimed credential, still encrypted.
@@ -202,6 +202,27 @@ pub struct Verdict {
     pub decision: Decision,
     /// The supplier's evidence (status, code, message; scrubbed of any token text).
     pub evidence: serde_json::Value,
+    /// The invalid answer the mass-invalidation guard held instead of applying (the
+    /// decision then records `held`); stored for `guard release|discard`.
+    pub held: Option<Reason>,
+}
+
+/// What caused a write: the event rows' `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// A sweep's check.
+    Check,
+    /// An operator's `guard release`.
+    Guard,
+}
+
+impl WriteKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::Check => "check",
+            WriteKind::Guard => "guard",
+        }
+    }
 }
 
 /// What a batch write achieved.
@@ -211,12 +232,20 @@ pub struct Written {
     pub written: u64,
     /// Event rows appended.
     pub events: u64,
+    /// Held verdicts stored.
+    pub held: u64,
     /// Users whose verdict was dropped: the fence no longer matched.
     pub lost: Vec<String>,
 }
 
-/// Writes a batch of verdicts, their events and notifications, in one statement.
-pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>) -> sqlx::Result<Written> {
+/// Writes a batch of verdicts, their events and notifications, and any verdicts the guard
+/// held, in one statement.
+pub async fn write_back<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    verdicts: &[Verdict],
+    now: DateTime<Utc>,
+    kind: WriteKind,
+) -> sqlx::Result<Written> {
     if verdicts.is_empty() {
         return Ok(Written::default());
     }
@@ -228,6 +257,7 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
     let mut event = Vec::with_capacity(n);
     let mut notify = Vec::with_capacity(n);
     let mut evidence = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
     let mut cols = StandingColumns::with_capacity(n);
     for v in verdicts {
         user_id.push(v.user_id.clone());
@@ -237,6 +267,7 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
         event.push(v.decision.event);
         notify.push(v.decision.notify);
         evidence.push(v.evidence.to_string());
+        held.push(v.held.map(|r| r.as_str().to_owned()));
         cols.push(&v.decision.standing);
     }
     let row = sqlx::query!(
@@ -246,11 +277,12 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
               FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[], $6::int4[],
                           $7::timestamptz[], $8::timestamptz[], $9::text[], $10::timestamptz[],
                           $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int4[],
-                          $15::timestamptz[], $16::text[], $17::bool[], $18::bool[], $19::text[])
+                          $15::timestamptz[], $16::text[], $17::bool[], $18::bool[], $19::text[],
+                          $22::text[])
                 AS v(user_id, fence, status, reason, refresh_required, refresh_attempts,
                      refresh_suppressed_until, strike_at, strike_reason, last_checked_at,
                      last_outcome, last_verified_at, invalidated_at, failures,
-                     next_check_at, from_status, emit_event, emit_notify, evidence)
+                     next_check_at, from_status, emit_event, emit_notify, evidence, held_reason)
         ),
         u AS (
             UPDATE im1_credentials c
@@ -285,7 +317,7 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
             INSERT INTO im1_credential_events
                    (user_id, supplier, ods_code, at, kind, from_status, to_status, outcome,
                     reason, refresh_required, evidence)
-            SELECT u.user_id, u.supplier, u.ods_code, $20, 'check', v.from_status, v.status,
+            SELECT u.user_id, u.supplier, u.ods_code, $20, $21, v.from_status, v.status,
                    v.last_outcome, v.reason, v.refresh_required, v.evidence::jsonb
               FROM u JOIN v ON v.user_id = u.user_id
              WHERE v.emit_event
@@ -297,10 +329,25 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
                                                'refresh_required', v.refresh_required)::text)
               FROM u JOIN v ON v.user_id = u.user_id
              WHERE v.emit_notify
+        ),
+        h AS (
+            -- Only while the supplier's guard still holds: a verdict held by a process
+            -- that had not yet seen an operator's release is not stored (the row is
+            -- simply checked again).
+            INSERT INTO im1_held_verdicts (user_id, supplier, ods_code, reason, evidence, held_at)
+            SELECT u.user_id, u.supplier, u.ods_code, v.held_reason, v.evidence::jsonb, $20
+              FROM u JOIN v ON v.user_id = u.user_id
+             WHERE v.held_reason IS NOT NULL
+               AND EXISTS (SELECT 1 FROM im1_supplier_state s
+                            WHERE s.supplier = u.supplier AND s.guard_held_since IS NOT NULL)
+            ON CONFLICT ON CONSTRAINT im1_held_verdicts_pkey DO UPDATE
+               SET reason = excluded.reason, evidence = excluded.evidence, held_at = excluded.held_at
+            RETURNING 1
         )
         SELECT (SELECT count(*) FROM u) AS "written!",
                (SELECT count(*) FROM e) AS "events!",
                (SELECT count(*) FROM n) AS "notified!",
+               (SELECT count(*) FROM h) AS "held!",
                ARRAY(SELECT v.user_id FROM v WHERE v.user_id NOT IN (SELECT u.user_id FROM u)) AS "lost!"
         "#,
         &user_id,
@@ -323,10 +370,12 @@ pub async fn write_back(pool: &PgPool, verdicts: &[Verdict], now: DateTime<Utc>)
         &notify,
         &evidence,
         now,
+        kind.as_str(),
+        &held as &[Option<String>],
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
-    Ok(Written { written: row.written as u64, events: row.events as u64, lost: row.lost })
+    Ok(Written { written: row.written as u64, events: row.events as u64, held: row.held as u64, lost: row.lost })
 }
 
 /// Extends the leases of claims we still hold (heartbeat). Returns how many were extended.

@@ -132,6 +132,7 @@ impl Context {
                 from_status: row.standing.status,
                 decision,
                 evidence,
+                held: None,
             },
             supplier: row.supplier,
             ods_code: row.ods_code,

@@ -239,7 +239,7 @@ async fn write(pool: &PgPool, clock: &SharedClock, verdicts: &[Verdict]) -> sqlx
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match claims::write_back(pool, verdicts, clock.now()).await {
+        match claims::write_back(pool, verdicts, clock.now(), claims::WriteKind::Check).await {
             Ok(written) => return Ok(written.lost),
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "write-back failed; retrying");

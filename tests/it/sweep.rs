@@ -11,7 +11,7 @@ use sqlx::postgres::PgListener;
 
 use crate::helpers::*;
 use im1_revalidator::model::{Reason, Supplier};
-use im1_revalidator::store::claims::{Claimed, Verdict};
+use im1_revalidator::store::claims::{Claimed, Verdict, WriteKind};
 
 /// Claims every due EMIS credential as process `owner` would, with a two-minute lease.
 async fn claim_all(app: &TestApp, owner: uuid::Uuid) -> Vec<Claimed> {
@@ -42,6 +42,7 @@ fn verdict_for(app: &TestApp, claimed: &Claimed, observation: im1_revalidator::p
             0.0,
         ),
         evidence: serde_json::json!({}),
+        held: None,
     }
 }
 
@@ -222,7 +223,7 @@ async fn a_dead_sweepers_claims_are_recovered_after_the_lease(pool: PgPool) {
     // The dead process's late write is fenced off.
     let stale = claimed.into_iter().next().unwrap();
     let late = verdict_for(&app, &stale, im1_revalidator::policy::Observation::Invalid(Reason::AccessRevoked));
-    let written = im1_revalidator::store::claims::write_back(&app.pool, &[late], t0()).await.unwrap();
+    let written = im1_revalidator::store::claims::write_back(&app.pool, &[late], t0(), WriteKind::Check).await.unwrap();
     assert_eq!(written.written, 0);
     assert_eq!(written.lost, vec![stale.user_id.clone()]);
     assert_eq!(app.row(&stale.user_id).await.last_outcome.as_deref(), Some("valid"));
@@ -236,7 +237,8 @@ async fn a_token_replaced_during_a_check_keeps_no_stale_verdict(pool: PgPool) {
     app.import(&[emis_line("u1", "guid-new")]).await;
     let c = &claimed[0];
     let verdict = verdict_for(&app, c, im1_revalidator::policy::Observation::Valid);
-    let written = im1_revalidator::store::claims::write_back(&app.pool, &[verdict], t0()).await.unwrap();
+    let written =
+        im1_revalidator::store::claims::write_back(&app.pool, &[verdict], t0(), WriteKind::Check).await.unwrap();
     assert_eq!(written.written, 0);
     let row = app.row("u1").await;
     assert_eq!(row.status, "unchecked");
