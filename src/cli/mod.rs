@@ -1,6 +1,7 @@
 //! The command line: one file per command. Commands only wire things up; the work lives
 //! in the library modules.
 
+mod canary;
 mod check_config;
 mod demo;
 mod import;
@@ -65,6 +66,10 @@ pub enum Command {
 pub enum CredentialsCommand {
     /// Import JSON lines {"user_id", "supplier", "ods_code", "token"} from PATH or stdin.
     Import(import::Args),
+    /// Known-good credentials probed first in each sweep; a failing one stops its
+    /// supplier's verdicts for that sweep.
+    #[command(subcommand)]
+    Canary(canary::CanaryCommand),
 }
 
 /// How a command failed, and so the exit code.
@@ -101,6 +106,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Migrate => migrate::run(load()?).await,
         Command::Credentials(CredentialsCommand::Import(args)) => import::run(load()?, args).await,
+        Command::Credentials(CredentialsCommand::Canary(command)) => canary::run(load()?, command).await,
         Command::Sweep(args) => sweep::run(load()?, args).await,
         Command::Run => run::run(load()?).await,
         Command::Recheck(args) => recheck::run(load()?, args).await,
