@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod canary;
 mod emis_adapter;
 mod helpers;
 mod import;
