@@ -8,21 +8,23 @@
 //! |---|---|
 //! | `GET /_sim/calls` | totals per supplier and endpoint ([`CallCounts`]) |
 //! | `GET /_sim/calls/{token}` | `{"calls": n}`: check calls for that token (EMIS `AccessIdentityGuid`, TPP `accountId`, Vision `rosuAccountId`) |
+//! | `GET /_sim/calls/log/{supplier}` | `{"supplier", "times", "max_in_flight"}`: arrival times (seconds since start) of the supplier's last 200,000 requests and the most served at once |
 //! | `PUT /_sim/tokens/{token}` | body: a list of [`Step`]s, the token's script (`[]` removes it) |
 //! | `DELETE /_sim/tokens/{token}` | removes the token's script |
 //! | `GET`/`PUT /_sim/default` | the [`Step`] for tokens without a script |
 //! | `POST`/`DELETE /_sim/outage/{supplier}` | starts/ends an outage: that supplier answers 503 without `Retry-After` |
 //! | `POST /_sim/emis/expire-sessions` | every issued EMIS end-user session becomes invalid |
-//! | `POST /_sim/reset` | zeroes every counter |
+//! | `POST /_sim/reset` | zeroes every counter and clears the call logs |
 //!
 //! How each supplier answers is decided per check, in this order: outage, malformed
 //! request, supplier-specific session rules, injected errors (`error_rate`), then the
 //! token's script or the default. Generic behaviours are rendered in each supplier's own
 //! format; a behaviour that belongs to another supplier ([`Behaviour::only_for`]) is
-//! answered HTTP 400 with a plain-text note. The hot path takes read locks and touches atomics only;
-//! per-token counting (a map insert on a token's first call) can be turned off with
-//! `count_by_token: false`.
+//! answered HTTP 400 with a plain-text note. The hot path takes read locks and touches atomics,
+//! plus one short mutex lock to log the request's arrival ([`call_log`]); per-token counting
+//! (a map insert on a token's first call) can be turned off with `count_by_token: false`.
 
+mod call_log;
 mod emis;
 pub mod scenario;
 pub mod tls;
@@ -35,7 +37,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::Supplier;
 
+pub use call_log::MAX_LOGGED_CALLS;
 pub use emis::EmisCalls;
 pub use scenario::{Behaviour, Scenario, ScenarioError, Step, UnknownBehaviour};
 pub use tpp::TppCalls;
@@ -102,6 +105,11 @@ struct Inner {
     emis: emis::EmisState,
     tpp: tpp::TppState,
     vision: vision::VisionState,
+    /// When the simulator was created: call logs count seconds from here.
+    started: Instant,
+    /// Every request on each supplier's routes. Indexed by [`supplier_index`] (Microtest's
+    /// stays empty: it has no routes).
+    call_logs: [call_log::CallLog; 4],
     /// Bumped when a server stops, to release `hang` and delayed answers so a graceful
     /// shutdown does not wait an hour for them.
     release: watch::Sender<u64>,
@@ -156,19 +164,30 @@ impl Simulator {
                 emis: emis::EmisState::default(),
                 tpp: tpp::TppState::default(),
                 vision: vision::VisionState::default(),
+                started: Instant::now(),
+                call_logs: Default::default(),
                 release,
             }),
         }
     }
 
-    /// Every supplier route and the control routes.
+    /// Every supplier route and the control routes. Each supplier's routes log their
+    /// requests ([`Simulator::call_times`]); the control routes do not.
     pub fn router(&self) -> Router {
         Router::new()
-            .merge(emis::routes())
-            .merge(tpp::routes())
-            .merge(vision::routes())
+            .merge(self.logged(emis::routes(), Supplier::Emis))
+            .merge(self.logged(tpp::routes(), Supplier::Tpp))
+            .merge(self.logged(vision::routes(), Supplier::Vision))
             .merge(control_routes())
             .with_state(self.clone())
+    }
+
+    /// `routes` with every request they serve logged against `supplier`.
+    fn logged(&self, routes: Router<Simulator>, supplier: Supplier) -> Router<Simulator> {
+        let sim = self.clone();
+        routes.route_layer(axum::middleware::from_fn(move |request, next| {
+            call_log::track(sim.clone(), supplier, request, next)
+        }))
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves in a background task until
@@ -232,12 +251,35 @@ impl Simulator {
         read(&self.inner.token_calls).get(token).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
-    /// Zeroes every counter (scripts, their progress and outages are kept).
+    /// Arrival times of the most recent requests (at most [`MAX_LOGGED_CALLS`]) on
+    /// `supplier`'s routes, in seconds since the simulator was created, oldest first: every
+    /// request, whatever it was answered (EMIS end-user sessions and sessions, TPP
+    /// Authenticate, Logoff and unrecognised messages, Vision). For measuring the rate the
+    /// service really sends at. Empty for Microtest, which has no routes.
+    pub fn call_times(&self, supplier: Supplier) -> Vec<f64> {
+        self.call_log(supplier).times()
+    }
+
+    /// The most requests `supplier`'s routes were serving at once (a `hang` or a delay
+    /// counts until it answers or is released), since start or the last reset.
+    pub fn max_in_flight(&self, supplier: Supplier) -> u64 {
+        self.call_log(supplier).max_in_flight()
+    }
+
+    fn call_log(&self, supplier: Supplier) -> &call_log::CallLog {
+        &self.inner.call_logs[supplier_index(supplier)]
+    }
+
+    /// Zeroes every counter and clears the call logs (scripts, their progress and outages
+    /// are kept). The in-flight high-water mark restarts from the requests still in flight.
     pub fn reset(&self) {
         self.inner.emis.reset_calls();
         self.inner.tpp.reset_calls();
         self.inner.vision.reset_calls();
         write(&self.inner.token_calls).clear();
+        for log in &self.inner.call_logs {
+            log.clear();
+        }
     }
 
     /// Releases every `hang` and delayed answer now in progress (they answer 503).
@@ -413,6 +455,7 @@ fn control_routes() -> Router<Simulator> {
     Router::new()
         .route("/_sim/calls", get(get_calls))
         .route("/_sim/calls/{token}", get(get_token_calls))
+        .route("/_sim/calls/log/{supplier}", get(get_call_log))
         .route("/_sim/tokens/{token}", put(put_script).delete(delete_script))
         .route("/_sim/default", get(get_default).put(put_default))
         .route("/_sim/outage/{supplier}", post(start_outage).delete(end_outage))
@@ -444,6 +487,23 @@ async fn get_calls(State(sim): State<Simulator>) -> axum::Json<CallCounts> {
 
 async fn get_token_calls(State(sim): State<Simulator>, Path(token): Path<String>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "calls": sim.token_calls(&token) }))
+}
+
+/// The body of `GET /_sim/calls/log/{supplier}`.
+#[derive(Debug, Serialize)]
+struct CallLogBody {
+    supplier: Supplier,
+    times: Vec<f64>,
+    max_in_flight: u64,
+}
+
+async fn get_call_log(
+    State(sim): State<Simulator>,
+    Path(supplier): Path<String>,
+) -> Result<axum::Json<CallLogBody>, ControlError> {
+    let supplier = parse_supplier(&supplier)?;
+    let max_in_flight = sim.max_in_flight(supplier);
+    Ok(axum::Json(CallLogBody { supplier, times: sim.call_times(supplier), max_in_flight }))
 }
 
 async fn put_script(
