@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use im1_revalidator::model::Supplier;
 use im1_revalidator::simulator::{Behaviour, RunningSimulator, Scenario, Simulator, Step};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -326,4 +327,170 @@ async fn shutdown_releases_hanging_answers() {
     assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
     let status = hanging.await.expect("request task");
     assert_eq!(status.ok(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
+
+/// `GET /_sim/calls/log/{supplier}`.
+async fn call_log(client: &Client, running: &RunningSimulator, supplier: &str) -> Value {
+    let response = client.get(format!("{}/_sim/calls/log/{supplier}", running.base_url())).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    json_of(response).await
+}
+
+fn times_of(log: &Value) -> Vec<f64> {
+    log["times"].as_array().expect("times").iter().map(|t| t.as_f64().expect("seconds")).collect()
+}
+
+#[tokio::test]
+async fn every_supplier_request_is_logged_with_its_arrival_time() {
+    let (sim, running) = start(Scenario::default()).await;
+    let client = client();
+    let base = running.base_url();
+    let started = Instant::now();
+
+    // EMIS: an end-user session, a check, a rejected check and a malformed one.
+    let session = end_user_session(&client, &running).await;
+    assert_eq!(emis_check(&client, &running, &session, "guid-l").await.status(), StatusCode::OK);
+    assert_eq!(emis_check(&client, &running, "not-issued", "guid-l").await.status(), StatusCode::UNAUTHORIZED);
+    let bad = client.post(format!("{}/sessions", running.emis_url())).body("{not json").send().await.expect("sent");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // TPP: Authenticate, Logoff, and a message of no known type.
+    let auth = client
+        .post(running.tpp_url())
+        .header("type", "Authenticate")
+        .body(r#"<Authenticate accountId="acc-l" passphrase="p" unitId="A81001" uuid="u-1"/>"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(auth.status(), StatusCode::OK);
+    let suid = auth.headers().get("suid").and_then(|v| v.to_str().ok()).expect("a suid").to_owned();
+    let logoff = client.post(running.tpp_url()).header("type", "Logoff").header("suid", suid).send().await;
+    assert_eq!(logoff.expect("sent").status(), StatusCode::OK);
+    let other = client.post(running.tpp_url()).header("type", "Nonsense").send().await.expect("sent");
+    assert_eq!(other.status(), StatusCode::OK);
+    // Vision: an unreadable request is still a request.
+    let vision = client.post(running.vision_url()).body("not soap").send().await.expect("sent");
+    assert_eq!(vision.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // Control calls are not supplier requests.
+    let _ = client.get(format!("{base}/_sim/calls")).send().await.expect("sent");
+    let emis = call_log(&client, &running, "emis").await;
+    assert_eq!(emis["supplier"], "emis");
+    assert_eq!(emis["max_in_flight"], 1, "one request at a time");
+    let times = times_of(&emis);
+    assert_eq!(times.len(), 4, "{emis}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in arrival order: {times:?}");
+    assert!(times.iter().all(|t| *t >= 0.0 && *t <= elapsed + 1.0), "{times:?} within {elapsed}");
+    assert_eq!(sim.call_times(Supplier::Emis), times);
+    let tpp = call_log(&client, &running, "tpp").await;
+    assert_eq!((tpp["supplier"].as_str(), times_of(&tpp).len()), (Some("tpp"), 3), "{tpp}");
+    assert!(times_of(&tpp)[0] >= times[3], "TPP came after EMIS");
+    let vision = call_log(&client, &running, "vision").await;
+    assert_eq!(times_of(&vision).len(), 1, "{vision}");
+    assert_eq!(sim.max_in_flight(Supplier::Vision), 1);
+    let microtest = call_log(&client, &running, "microtest").await;
+    assert_eq!(microtest, json!({"supplier": "microtest", "times": [], "max_in_flight": 0}));
+
+    // An unknown supplier is refused like the other control endpoints' (404 with an error).
+    let response = client.get(format!("{base}/_sim/calls/log/nhs")).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(json_of(response).await["error"].as_str().is_some());
+    // The per-token endpoint still answers a token spelled "log".
+    let response = client.get(format!("{base}/_sim/calls/log")).send().await.expect("sent");
+    assert_eq!(json_of(response).await, json!({"calls": 0}));
+
+    // Reset clears the logs and the high-water marks.
+    let reset = client.post(format!("{base}/_sim/reset")).send().await.expect("sent");
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    for supplier in ["emis", "tpp", "vision"] {
+        let log = call_log(&client, &running, supplier).await;
+        assert_eq!(log, json!({"supplier": supplier, "times": [], "max_in_flight": 0}));
+    }
+    // Times keep counting from the simulator's start, not from the reset.
+    let _ = end_user_session(&client, &running).await;
+    let after = sim.call_times(Supplier::Emis);
+    assert_eq!(after.len(), 1);
+    assert!(after[0] >= times[3], "{after:?} after {times:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_most_requests_in_flight_counts_hanging_answers_until_released() {
+    let (sim, running) = start(Scenario::default()).await;
+    let client = client();
+    let session = end_user_session(&client, &running).await;
+    sim.set_default(Behaviour::Hang);
+    let mut hanging = Vec::new();
+    for i in 0..5 {
+        let (client, running_url, session) = (client.clone(), running.emis_url(), session.clone());
+        hanging.push(tokio::spawn(async move {
+            client
+                .post(format!("{running_url}/sessions"))
+                .header("X-API-ApplicationId", APP_ID)
+                .header("X-API-EndUserSessionId", session)
+                .body(format!(r#"{{"AccessIdentityGuid": "guid-h{i}", "NationalPracticeCode": "A12345"}}"#))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    // Wait until all five are being served (polling, not sleeping a guess).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.max_in_flight(Supplier::Emis) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 5);
+    let log = call_log(&client, &running, "emis").await;
+    assert_eq!(log["max_in_flight"], 5);
+    assert_eq!(times_of(&log).len(), 6, "the end-user session and five checks");
+
+    // Reset while they hang: the mark restarts from the five still in flight.
+    sim.reset();
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 5);
+    assert!(sim.call_times(Supplier::Emis).is_empty());
+
+    sim.release_waiters();
+    for task in hanging {
+        assert_eq!(task.await.expect("request task").ok(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    // Released answers are no longer in flight: after a reset the mark starts from zero,
+    // and one more request at a time leaves it at one.
+    sim.reset();
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 0);
+    sim.set_default(Behaviour::Valid);
+    assert_eq!(emis_check(&client, &running, &session, "guid-after").await.status(), StatusCode::OK);
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 1);
+    assert_eq!(sim.max_in_flight(Supplier::Tpp), 0, "per supplier");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hanging_request_the_client_abandons_is_no_longer_in_flight() {
+    let (sim, running) = start(Scenario::default()).await;
+    let session = end_user_session(&client(), &running).await;
+    sim.set_default(Behaviour::Hang);
+    // The service's HTTP timeout does this: it gives up and closes the connection.
+    let impatient = Client::builder().timeout(Duration::from_millis(200)).build().expect("client builds");
+    let answer = impatient
+        .post(format!("{}/sessions", running.emis_url()))
+        .header("X-API-ApplicationId", APP_ID)
+        .header("X-API-EndUserSessionId", &session)
+        .body(r#"{"AccessIdentityGuid": "guid-d", "NationalPracticeCode": "A12345"}"#)
+        .send()
+        .await;
+    assert!(answer.is_err(), "the client timed out");
+    drop(impatient);
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 1);
+    // The server notices the closed connection and drops the handler; a reset then
+    // restarts the mark from nothing in flight.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        sim.reset();
+        if sim.max_in_flight(Supplier::Emis) == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.max_in_flight(Supplier::Emis), 0);
+    running.shutdown().await;
 }
