@@ -120,6 +120,12 @@ async fn main() -> anyhow::Result<()> {
             .env("IM1_EMIS_APPLICATION_ID", "bench")
             .env("IM1_CONCURRENCY", o.concurrency.to_string())
             .env("IM1_HTTP_TIMEOUT", "10s")
+            // Every defence is on (breaker, guard, retries, shared-state sync, throttle);
+            // the rate limit is set high enough not to bind, so the figure is the cost of
+            // the machinery, not of a limit.
+            .env("IM1_EMIS_RATE", "100000")
+            .env("IM1_EMIS_BURST", "100000")
+            .env("IM1_EMIS_MAX_IN_FLIGHT", "10000")
             .env(
                 "IM1_BATCH_SIZE",
                 o.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),

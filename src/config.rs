@@ -83,6 +83,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IM1_BREAKER_THRESHOLD",
     "IM1_BREAKER_MIN_CALLS",
     "IM1_BREAKER_COOLDOWN",
+    "IM1_BREAKER_WINDOW",
     "IM1_GUARD_THRESHOLD",
     "IM1_GUARD_MIN_CHECKS",
     "IM1_GUARD_WINDOW",
@@ -152,6 +153,8 @@ pub struct Settings {
     pub breaker_threshold: f64,
     pub breaker_min_calls: u32,
     pub breaker_cooldown: Duration,
+    /// The breaker's rolling window (`IM1_BREAKER_WINDOW`, an extension; at least 1s).
+    pub breaker_window: Duration,
     /// Share of invalid answers in the window that makes the guard hold verdicts (0, 1].
     pub guard_threshold: f64,
     pub guard_min_checks: u32,
@@ -346,6 +349,7 @@ impl Settings {
         let breaker_threshold = r.share("IM1_BREAKER_THRESHOLD", 0.5);
         let breaker_min_calls = r.whole("IM1_BREAKER_MIN_CALLS", 20u32, 1, 1_000_000);
         let breaker_cooldown = r.duration("IM1_BREAKER_COOLDOWN", secs(60), Floor::Zero);
+        let breaker_window = r.duration("IM1_BREAKER_WINDOW", secs(60), Floor::AtLeast(secs(1)));
         let guard_threshold = r.share("IM1_GUARD_THRESHOLD", 0.1);
         let guard_min_checks = r.whole("IM1_GUARD_MIN_CHECKS", 50u32, 1, 1_000_000);
         let guard_window = r.duration("IM1_GUARD_WINDOW", secs(3600), Floor::AboveZero);
@@ -392,6 +396,7 @@ impl Settings {
             breaker_threshold,
             breaker_min_calls,
             breaker_cooldown,
+            breaker_window,
             guard_threshold,
             guard_min_checks,
             guard_window,
@@ -1012,6 +1017,7 @@ mod tests {
         assert_eq!(s.breaker_threshold, 0.5);
         assert_eq!(s.breaker_min_calls, 20);
         assert_eq!(s.breaker_cooldown, secs(60));
+        assert_eq!(s.breaker_window, secs(60));
         assert_eq!(s.guard_threshold, 0.1);
         assert_eq!(s.guard_min_checks, 50);
         assert_eq!(s.guard_window, secs(3600));
@@ -1065,6 +1071,7 @@ mod tests {
             ("IM1_BREAKER_THRESHOLD", "1".into()),
             ("IM1_BREAKER_MIN_CALLS", "7".into()),
             ("IM1_BREAKER_COOLDOWN", "2m30s".into()),
+            ("IM1_BREAKER_WINDOW", "2m".into()),
             ("IM1_GUARD_THRESHOLD", "0.25".into()),
             ("IM1_GUARD_MIN_CHECKS", "100".into()),
             ("IM1_GUARD_WINDOW", "30m".into()),
@@ -1124,6 +1131,7 @@ mod tests {
         assert_eq!(s.breaker_threshold, 1.0);
         assert_eq!(s.breaker_min_calls, 7);
         assert_eq!(s.breaker_cooldown, secs(150));
+        assert_eq!(s.breaker_window, secs(120));
         assert_eq!(s.guard_threshold, 0.25);
         assert_eq!(s.guard_min_checks, 100);
         assert_eq!(s.guard_window, secs(1800));

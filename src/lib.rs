@@ -31,6 +31,7 @@ pub mod crypto;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod safety;
 pub mod shutdown;
 pub mod simulator;
 pub mod store;

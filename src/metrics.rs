@@ -39,6 +39,17 @@ pub struct SkipLabels {
     pub why: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub supplier: String,
+    pub to: String,
+}
+
+/// The label set of a per-supplier metric.
+pub fn supplier_label(s: Supplier) -> SupplierLabel {
+    supplier(s)
+}
+
 fn supplier(s: Supplier) -> SupplierLabel {
     SupplierLabel { supplier: s.as_str().to_owned() }
 }
@@ -64,6 +75,11 @@ pub struct Metrics {
     pub next_sweep: Gauge<f64, AtomicU64>,
     pub circuit_open: Family<SupplierLabel, Gauge>,
     pub guard_held: Family<SupplierLabel, Gauge>,
+    pub held_verdicts: Family<SupplierLabel, Gauge>,
+    pub live_processes: Gauge,
+    pub retries: Family<SupplierLabel, Counter>,
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    pub guard_trips: Family<SupplierLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -155,6 +171,33 @@ impl Metrics {
             guard_held.clone(),
         );
 
+        let held_verdicts = Family::<SupplierLabel, Gauge>::default();
+        registry.register(
+            "im1_held_verdicts",
+            "Invalid verdicts the guard holds, awaiting `guard release` or `guard discard`",
+            held_verdicts.clone(),
+        );
+        let live_processes = Gauge::default();
+        registry.register(
+            "im1_live_processes",
+            "Live processes sharing each supplier's rate limit, as this process last saw them",
+            live_processes.clone(),
+        );
+        let retries = Family::<SupplierLabel, Counter>::default();
+        registry.register("im1_retries", "Supplier calls retried inside a check", retries.clone());
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "im1_breaker_transitions",
+            "Circuit breaker state changes this process made, by new state",
+            breaker_transitions.clone(),
+        );
+        let guard_trips = Family::<SupplierLabel, Counter>::default();
+        registry.register(
+            "im1_guard_trips",
+            "Times this process found the invalidation guard's threshold crossed and set it holding",
+            guard_trips.clone(),
+        );
+
         Metrics {
             registry,
             checks,
@@ -173,7 +216,29 @@ impl Metrics {
             next_sweep,
             circuit_open,
             guard_held,
+            held_verdicts,
+            live_processes,
+            retries,
+            breaker_transitions,
+            guard_trips,
         }
+    }
+
+    /// 1 while the breaker stops or restricts calls (open or half-open), else 0.
+    pub fn set_breaker(&self, s: Supplier, breaker: crate::safety::Breaker) {
+        let open = !matches!(breaker, crate::safety::Breaker::Closed);
+        self.circuit_open.get_or_create(&supplier(s)).set(i64::from(open));
+    }
+
+    pub fn set_guard(&self, s: Supplier, held: bool, held_verdicts: i64) {
+        self.guard_held.get_or_create(&supplier(s)).set(i64::from(held));
+        self.held_verdicts.get_or_create(&supplier(s)).set(held_verdicts);
+    }
+
+    pub fn breaker_transition(&self, s: Supplier, to: &str) {
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels { supplier: s.as_str().to_owned(), to: to.to_owned() })
+            .inc();
     }
 
     /// Counts one check (every check is counted, whatever its outcome).

@@ -172,7 +172,8 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let mut settings = Settings::from_vars(&vars).map_err(|e| anyhow!("demo settings: {e}"))?;
-    let engine = super::engine(&mut settings, pool.clone(), crate::clock::system()).map_err(|e| anyhow!("{e}"))?;
+    let engine =
+        super::engine(&mut settings, pool.clone(), crate::clock::system(), "demo").map_err(|e| anyhow!("{e}"))?;
 
     let expected = seed(&engine, &sim, users).await?;
     println!("  seeded     {users} credentials through the import path\n");

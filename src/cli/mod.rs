@@ -127,20 +127,45 @@ async fn connect(settings: &Settings) -> Result<PgPool, CliError> {
 /// Adapters for every configured supplier; unusable TLS files are a configuration error
 /// (exit 2), one line per problem.
 pub fn adapters(settings: &Settings) -> Result<HashMap<Supplier, Arc<dyn Adapter>>, CliError> {
-    suppliers::build(settings).map_err(|problems| CliError::Config(ConfigError { problems }))
+    adapters_with(settings, &crate::safety::throttles(settings))
 }
 
-/// Builds the sweep engine from settings (takes the keyring out of them).
-pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock) -> Result<Engine, CliError> {
+fn adapters_with(
+    settings: &Settings,
+    throttles: &std::collections::BTreeMap<Supplier, Arc<crate::safety::Throttle>>,
+) -> Result<HashMap<Supplier, Arc<dyn Adapter>>, CliError> {
+    suppliers::build(settings, throttles).map_err(|problems| CliError::Config(ConfigError { problems }))
+}
+
+/// Builds the sweep engine from settings (takes the keyring out of them). `command` names
+/// the process in the live-process table (`run`, `sweep`, ...).
+pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock, command: &str) -> Result<Engine, CliError> {
     settings.require_keys()?;
     let keys = settings.keys.take().ok_or_else(|| CliError::Input("IM1_ENCRYPTION_KEYS is required".into()))?;
-    let adapters = adapters(settings)?;
+    let throttles = crate::safety::throttles(settings);
+    let adapters = adapters_with(settings, &throttles)?;
+    let metrics = Arc::new(Metrics::new());
+    let process_id = uuid::Uuid::new_v4();
+    let safety = crate::safety::Safety::new(
+        pool.clone(),
+        clock.clone(),
+        metrics.clone(),
+        process_id,
+        command,
+        crate::safety::Config::from_settings(settings),
+        &throttles,
+    );
     Ok(Engine {
         pool,
         clock,
         keys: Arc::new(keys),
         adapters,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
+        safety,
+        retry: crate::safety::retry::RetryPolicy {
+            retries: settings.retry_attempts,
+            max_delay: settings.retry_max_delay,
+        },
         rules: rules(settings),
         limits: Limits {
             concurrency: settings.concurrency,
@@ -149,8 +174,10 @@ pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock) -> Resu
             check_timeout: settings.check_timeout,
             shutdown_grace: settings.shutdown_grace,
         },
-        process_id: uuid::Uuid::new_v4(),
+        process_id,
         progress: Arc::new(AtomicU64::new(0)),
+        canaries: Default::default(),
+        background_sync: Default::default(),
     })
 }
 

@@ -20,7 +20,7 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         )));
     }
     let clock = crate::clock::system();
-    let engine = Arc::new(super::engine(&mut settings, pool.clone(), clock.clone())?);
+    let engine = Arc::new(super::engine(&mut settings, pool.clone(), clock.clone(), "run")?);
     let liveness = Arc::new(Liveness::default());
     let (trigger, stop) = shutdown::channel();
     shutdown::on_signals(trigger);
@@ -44,7 +44,23 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         rules: engine.rules.clone(),
     });
     let server = tokio::spawn(admin::serve(listener, router, stop.clone()));
-    schedule::run(engine, settings.schedule.clone(), settings.timezone, settings.event_retention, liveness, stop).await;
+    // Heartbeat and shared breaker/guard state for the whole life of the process: its
+    // rate share is taken from start-up, and its metrics stay current between sweeps.
+    engine.background_sync.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sync_stop, sync_stopped) = tokio::sync::oneshot::channel();
+    let sync = tokio::spawn(engine.safety.clone().sync_loop(sync_stopped));
+    schedule::run(
+        engine.clone(),
+        settings.schedule.clone(),
+        settings.timezone,
+        settings.event_retention,
+        liveness,
+        stop,
+    )
+    .await;
+    let _ = sync_stop.send(());
+    let _ = sync.await;
+    engine.safety.deregister().await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),

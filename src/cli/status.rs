@@ -1,4 +1,5 @@
-//! `status [--json]`: counts per supplier and status, refresh-required counts, last sweep.
+//! `status [--json]`: counts per supplier and status, refresh-required counts, each
+//! supplier's breaker and guard, canaries, the live processes and the last sweep.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,8 @@ pub struct Args {
 pub struct Report {
     pub suppliers: BTreeMap<String, SupplierStatus>,
     pub last_sweep: Option<store::sweeps::LastSweep>,
+    /// Processes sharing the suppliers' rate limits (recent heartbeat).
+    pub processes: Vec<store::safety::LiveProcess>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -27,6 +30,19 @@ pub struct SupplierStatus {
     pub refresh_required: i64,
     /// Whether this process's configuration checks the supplier.
     pub configured: bool,
+    /// `closed`, `open` or `half_open` (none for Microtest).
+    pub breaker: Option<String>,
+    pub breaker_open_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Calls and transient calls in the breaker's window.
+    pub breaker_window: Option<store::safety::Counts>,
+    /// `clear` or `holding` (none for Microtest).
+    pub guard: Option<String>,
+    pub guard_held_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub guard_evidence: Option<serde_json::Value>,
+    /// Token answers and invalid ones in the guard's window.
+    pub guard_window: Option<store::safety::Counts>,
+    pub held_verdicts: i64,
+    pub canaries: i64,
 }
 
 pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
@@ -54,7 +70,33 @@ pub async fn read(pool: &sqlx::PgPool, settings: &Settings) -> Result<Report, Cl
         entry.statuses.insert(c.status, c.count);
         entry.refresh_required += c.refresh_required;
     }
-    Ok(Report { suppliers, last_sweep: store::sweeps::last_success(pool).await? })
+    let now = crate::clock::system().now();
+    let config = crate::safety::Config::from_settings(settings);
+    let windows = store::safety::Windows {
+        breaker_from: now - crate::sweep::delta(config.breaker.window),
+        guard_from: now - crate::sweep::delta(config.guard.window),
+        alive_after: now - crate::sweep::delta(crate::safety::PROCESS_TTL),
+    };
+    for state in store::safety::read(pool, now, windows).await?.suppliers {
+        let entry = suppliers.entry(state.supplier.as_str().to_owned()).or_default();
+        let breaker = crate::safety::Breaker::from_row(&state.breaker_state, state.breaker_open_until).at(now);
+        entry.breaker = Some(breaker.as_str().to_owned());
+        entry.breaker_open_until = state.breaker_open_until.filter(|_| state.breaker_state == "open");
+        entry.breaker_window = Some(state.breaker_window);
+        entry.guard = Some(if state.guard_held_since.is_some() { "holding" } else { "clear" }.to_owned());
+        entry.guard_held_since = state.guard_held_since;
+        entry.guard_evidence = state.guard_evidence;
+        entry.guard_window = Some(state.guard_window);
+        entry.held_verdicts = state.held_verdicts;
+    }
+    for canary in store::canaries::list(pool, None).await? {
+        suppliers.entry(canary.supplier.as_str().to_owned()).or_default().canaries += 1;
+    }
+    Ok(Report {
+        suppliers,
+        last_sweep: store::sweeps::last_success(pool).await?,
+        processes: store::safety::live_processes(pool, windows.alive_after).await?,
+    })
 }
 
 /// The aligned table.
@@ -75,6 +117,47 @@ pub fn render(report: &Report) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    out.push('\n');
+    let mut safety: Vec<Vec<String>> = vec![
+        ["supplier", "breaker", "window calls", "transient", "guard", "window checks", "invalid", "held", "canaries"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+    ];
+    for (name, s) in report.suppliers.iter().filter(|(_, s)| s.breaker.is_some()) {
+        let breaker = match (s.breaker.as_deref(), s.breaker_open_until) {
+            (Some("open"), Some(until)) => format!("open until {}", until.format("%H:%M:%S")),
+            (Some(b), _) => b.replace('_', "-"),
+            (None, _) => "-".to_owned(),
+        };
+        let bw = s.breaker_window.unwrap_or_default();
+        let gw = s.guard_window.unwrap_or_default();
+        let guard = match s.guard_held_since {
+            Some(since) => format!("HOLDING since {}", since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            None => "clear".to_owned(),
+        };
+        safety.push(vec![
+            name.clone(),
+            breaker,
+            bw.calls.to_string(),
+            bw.transient.to_string(),
+            guard,
+            gw.answers.to_string(),
+            gw.invalid.to_string(),
+            s.held_verdicts.to_string(),
+            s.canaries.to_string(),
+        ]);
+    }
+    out.push_str(&table(&safety));
+    if report.suppliers.values().any(|s| s.guard_held_since.is_some()) {
+        out.push_str("the invalidation guard is holding verdicts: see `guard list` and docs/runbook.md\n");
+    }
+    out.push('\n');
+    out.push_str(&format!("live processes: {}", report.processes.len()));
+    for p in &report.processes {
+        out.push_str(&format!(" [{} on {} pid {}]", p.command, p.hostname, p.pid));
+    }
+    out.push('\n');
     match &report.last_sweep {
         Some(s) => out.push_str(&format!(
             "last successful sweep: finished {} ({} checks, {})\n",

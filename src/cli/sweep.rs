@@ -32,14 +32,16 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<(), CliError> {
         }
     }
     let pool = super::connect(&settings).await?;
-    let engine = super::engine(&mut settings, pool, crate::clock::system())?;
+    let engine = super::engine(&mut settings, pool, crate::clock::system(), "sweep")?;
     if engine.adapters.is_empty() {
         return Err(CliError::Input("no supplier is configured: set IM1_EMIS_URL (or another supplier's URL)".into()));
     }
     let (trigger, stop) = shutdown::channel();
     shutdown::on_signals(trigger);
     let request = SweepRequest { supplier: args.supplier, dry_run: args.dry_run, trigger: Trigger::Command };
-    let report = engine.sweep(request, stop).await?;
+    let report = engine.sweep(request, stop).await;
+    engine.safety.deregister().await;
+    let report = report?;
     if !args.dry_run {
         crate::sweep::schedule::prune_events(&engine, settings.event_retention).await;
     }
@@ -82,4 +84,13 @@ pub(super) fn print_report(report: &SweepReport, dry_run: bool, json: bool) {
         if report.released > 0 { format!("; {} claim(s) given back", report.released) } else { String::new() },
         if report.interrupted { "; interrupted by shutdown" } else { "" },
     );
+    for s in &report.canary_failed {
+        println!("{s}: a canary did not answer valid: no verdicts for {s} in this sweep (its rows skipped)");
+    }
+    for s in &report.stopped {
+        println!("{s}: the supplier said our configuration is wrong: checks of {s} stopped for this sweep");
+    }
+    if let Some(held) = report.outcomes.get("held") {
+        println!("{held} invalid verdict(s) held by the invalidation guard: see `guard list`");
+    }
 }

@@ -121,15 +121,24 @@ impl RawAnswer {
     }
 }
 
-/// The shared client. Cheap to clone (reqwest's client is an `Arc` inside).
+/// One supplier's client. Cheap to clone (reqwest's client is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: reqwest::Client,
+    /// This process's share of the supplier's rate and in-flight limits; every request
+    /// passes it. None only in adapter tests.
+    throttle: Option<std::sync::Arc<crate::safety::Throttle>>,
 }
 
 impl HttpClient {
     pub fn new(client: reqwest::Client) -> Self {
-        HttpClient { client }
+        HttpClient { client, throttle: None }
+    }
+
+    /// Every request first waits for an in-flight slot and a token from `throttle`.
+    pub fn with_throttle(mut self, throttle: std::sync::Arc<crate::safety::Throttle>) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 
     pub fn inner(&self) -> &reqwest::Client {
@@ -138,6 +147,11 @@ impl HttpClient {
 
     /// Sends a request and reads the whole answer, up to [`MAX_BODY`].
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawAnswer, TransportError> {
+        // Held until the whole answer is read: in flight means on the wire.
+        let _permit = match &self.throttle {
+            Some(throttle) => Some(throttle.admit().await),
+            None => None,
+        };
         let mut response = request.send().await.map_err(|e| TransportError::from_reqwest(&e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());

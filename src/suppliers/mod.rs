@@ -155,8 +155,10 @@ pub trait Adapter: Send + Sync {
 /// Adapters for every configured supplier, each with its own HTTP client (its own client
 /// certificate and trust roots; one connection pool per supplier for the process).
 /// Unusable TLS files are reported together, by variable and file, before anything runs.
+/// Every request passes the supplier's throttle from `throttles` (when it has one).
 pub fn build(
     settings: &crate::config::Settings,
+    throttles: &std::collections::BTreeMap<Supplier, std::sync::Arc<crate::safety::Throttle>>,
 ) -> Result<std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>>, Vec<String>> {
     let mut adapters: std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> =
         std::collections::HashMap::new();
@@ -164,7 +166,10 @@ pub fn build(
     for supplier in Supplier::CHECKABLE {
         let Some(cfg) = settings.supplier(*supplier) else { continue };
         let http = match tls::client(settings, cfg) {
-            Ok(client) => HttpClient::new(client),
+            Ok(client) => match throttles.get(supplier) {
+                Some(throttle) => HttpClient::new(client).with_throttle(throttle.clone()),
+                None => HttpClient::new(client),
+            },
             Err(mut found) => {
                 problems.append(&mut found);
                 continue;

@@ -2,19 +2,21 @@
 //! decide. Everything that can go wrong becomes a [`Done`] value; nothing here panics or
 //! writes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
-use super::Engine;
+use super::{Engine, lock};
 use crate::clock::SharedClock;
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
-use crate::model::{LastOutcome, Status, Supplier};
+use crate::model::{LastOutcome, Reason, Status, Supplier};
 use crate::policy::{self, Observation, Rules};
+use crate::safety::retry::{self, RetryPolicy};
+use crate::safety::{Admission, Safety};
 use crate::shutdown::Shutdown;
 use crate::store::claims::{Claimed, Verdict};
 use crate::suppliers::{Adapter, Answer, CheckTarget, Evidence, Outcome};
@@ -29,25 +31,77 @@ pub enum Done {
     Release { user_id: String, fence: i64 },
 }
 
+/// Suppliers that give no verdicts for the rest of this sweep: a canary failed at its
+/// start, or a supplier said our configuration is wrong.
+#[derive(Debug, Default)]
+pub struct Gates {
+    canary_failed: HashSet<Supplier>,
+    stopped: Mutex<HashSet<Supplier>>,
+}
+
+impl Gates {
+    pub fn new(canary_failed: HashSet<Supplier>) -> Self {
+        Gates { canary_failed, stopped: Mutex::new(HashSet::new()) }
+    }
+
+    /// Why `supplier`'s checks make no call in this sweep, if they don't.
+    pub fn closed(&self, supplier: Supplier) -> Option<&'static str> {
+        if self.canary_failed.contains(&supplier) {
+            Some("canary_failed")
+        } else if lock(&self.stopped).contains(&supplier) {
+            Some("supplier_stopped")
+        } else {
+            None
+        }
+    }
+
+    /// Stops `supplier` for the rest of the sweep; true the first time.
+    pub fn stop(&self, supplier: Supplier) -> bool {
+        lock(&self.stopped).insert(supplier)
+    }
+
+    pub fn is_stopped(&self, supplier: Supplier) -> bool {
+        lock(&self.stopped).contains(&supplier)
+    }
+
+    pub fn stopped(&self) -> Vec<Supplier> {
+        let mut v: Vec<Supplier> = lock(&self.stopped).iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub fn canary_failed(&self) -> Vec<Supplier> {
+        let mut v: Vec<Supplier> = self.canary_failed.iter().copied().collect();
+        v.sort();
+        v
+    }
+}
+
 /// What every check shares.
 pub(super) struct Context {
     clock: SharedClock,
     keys: Arc<Keyring>,
     adapters: HashMap<Supplier, Arc<dyn Adapter>>,
     metrics: Arc<Metrics>,
+    safety: Arc<Safety>,
+    retry: RetryPolicy,
     rules: Rules,
     check_timeout: Duration,
+    gates: Arc<Gates>,
 }
 
 impl Context {
-    pub(super) fn from_engine(engine: &Engine) -> Self {
+    pub(super) fn from_engine(engine: &Engine, gates: Arc<Gates>) -> Self {
         Context {
             clock: engine.clock.clone(),
             keys: engine.keys.clone(),
             adapters: engine.adapters.clone(),
             metrics: engine.metrics.clone(),
+            safety: engine.safety.clone(),
+            retry: engine.retry,
             rules: engine.rules.clone(),
             check_timeout: engine.limits.check_timeout,
+            gates,
         }
     }
 
@@ -66,6 +120,7 @@ impl Context {
 
     async fn check(&self, row: Claimed) -> Done {
         let started = Instant::now();
+        let supplier = row.supplier;
         let token = match self.usable_token(&row) {
             Ok(token) => token,
             Err(why) => {
@@ -75,43 +130,77 @@ impl Context {
                     why,
                     "stored credential cannot be used: skipped, no verdict"
                 );
-                self.metrics.skipped(row.supplier, why);
-                let evidence = Evidence::detail(why);
-                let observation = Observation::NoVerdict { kind: LastOutcome::Skipped, retry_after: None };
-                return self.decided(row, &observation, evidence);
+                return self.skipped(row, why, None);
             }
         };
-        let answer = match self.adapters.get(&row.supplier) {
-            Some(adapter) => {
-                let target = CheckTarget { ods_code: &row.ods_code, token: &token };
-                match tokio::time::timeout(self.check_timeout, adapter.check(target)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Answer::new(Outcome::transient(), Evidence::detail("check_timeout")),
-                }
-            }
+        if let Some(why) = self.gates.closed(supplier) {
+            return self.skipped(row, why, None);
+        }
+        let admission = self.safety.admit(supplier);
+        if let Admission::Skip { why, retry_after } = admission {
+            return self.skipped(row, why, retry_after);
+        }
+        let probe = admission == Admission::Probe;
+        let Some(adapter) = self.adapters.get(&supplier) else {
             // Only configured suppliers are claimed; this is a defensive no-verdict.
-            None => Answer::new(Outcome::transient(), Evidence::detail("supplier_not_configured")),
+            return self.skipped(row, "supplier_not_configured", None);
         };
+        let target = CheckTarget { ods_code: &row.ods_code, token: &token };
+        let answer =
+            retry::call_within(adapter.as_ref(), target, self.retry, &self.safety, supplier, self.check_timeout, probe)
+                .await;
         let Answer { outcome, mut evidence } = answer;
         evidence.scrub(&token.secrets());
+        if probe {
+            let transient = matches!(outcome, Outcome::Transient { .. });
+            self.safety.probe_result(supplier, transient, serde_json::to_value(&evidence).unwrap_or_default()).await;
+        }
+        let mut held = None;
         let observation = match outcome {
-            Outcome::Valid => Observation::Valid,
-            Outcome::Invalid(reason) => Observation::Invalid(reason),
+            Outcome::Valid => {
+                self.safety.record_answer(supplier, false);
+                Observation::Valid
+            }
+            Outcome::Invalid(reason) => {
+                if self.safety.record_answer(supplier, true) {
+                    held = Some(reason);
+                    Observation::NoVerdict { kind: LastOutcome::Held, retry_after: None }
+                } else {
+                    Observation::Invalid(reason)
+                }
+            }
             Outcome::Transient { retry_after } => Observation::NoVerdict { kind: LastOutcome::Transient, retry_after },
             Outcome::PracticeUnavailable => {
                 Observation::NoVerdict { kind: LastOutcome::PracticeUnavailable, retry_after: None }
             }
             Outcome::SupplierConfigError => {
+                if self.gates.stop(supplier) {
+                    tracing::error!(
+                        supplier = %supplier,
+                        evidence = %serde_json::to_value(&evidence).unwrap_or_default(),
+                        "the supplier says our configuration is wrong: no more checks of it in this sweep"
+                    );
+                }
                 Observation::NoVerdict { kind: LastOutcome::SupplierConfigError, retry_after: None }
             }
         };
-        let supplier = row.supplier;
-        let done = self.decided(row, &observation, evidence);
+        if let Some(reason) = held {
+            tracing::info!(user_id = %row.user_id, supplier = %supplier, ods_code = %row.ods_code, reason = %reason, "invalid verdict held by the guard");
+        }
+        let done = self.decided(row, &observation, evidence, held);
         if let Done::Verdict { verdict, .. } = &done {
             let outcome = verdict.decision.standing.last_outcome.unwrap_or(LastOutcome::Transient);
             self.metrics.check(supplier, outcome, started.elapsed());
         }
         done
+    }
+
+    /// A row skipped without a call: counted, no verdict, retried with backoff and never
+    /// before `retry_after`.
+    fn skipped(&self, row: Claimed, why: &'static str, retry_after: Option<Duration>) -> Done {
+        self.metrics.skipped(row.supplier, why);
+        let observation = Observation::NoVerdict { kind: LastOutcome::Skipped, retry_after };
+        self.decided(row, &observation, Evidence::detail(why), None)
     }
 
     /// Decrypts and validates the stored token; the error is the skip reason label.
@@ -121,7 +210,7 @@ impl Context {
         Token::from_plaintext(row.supplier, plaintext.expose_secret()).map_err(|_| "token_fields_missing")
     }
 
-    fn decided(&self, row: Claimed, observation: &Observation, evidence: Evidence) -> Done {
+    fn decided(&self, row: Claimed, observation: &Observation, evidence: Evidence, held: Option<Reason>) -> Done {
         let jitter = rand::random_range(-1.0..=1.0);
         let decision = policy::decide(&row.standing, observation, self.clock.now(), &self.rules, jitter);
         let evidence = serde_json::to_value(&evidence).unwrap_or_default();
@@ -132,7 +221,7 @@ impl Context {
                 from_status: row.standing.status,
                 decision,
                 evidence,
-                held: None,
+                held,
             },
             supplier: row.supplier,
             ods_code: row.ods_code,

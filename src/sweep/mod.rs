@@ -7,6 +7,7 @@
 //! flight; on shutdown the runner stops claiming, lets in-flight checks finish within the
 //! grace period, and gives back every claim it could not finish.
 
+mod canary;
 mod check;
 pub mod schedule;
 mod writer;
@@ -32,7 +33,7 @@ use crate::shutdown::Shutdown;
 use crate::store;
 use crate::suppliers::Adapter;
 
-pub use check::Done;
+pub use check::{Done, Gates};
 pub use writer::Change;
 
 /// Limits a sweep runs under.
@@ -57,12 +58,21 @@ pub struct Engine {
     pub keys: Arc<Keyring>,
     pub adapters: HashMap<Supplier, Arc<dyn Adapter>>,
     pub metrics: Arc<Metrics>,
+    /// Rate limits, breaker and guard, shared with the other live processes.
+    pub safety: Arc<crate::safety::Safety>,
+    /// Retries inside one check.
+    pub retry: crate::safety::retry::RetryPolicy,
     pub rules: Rules,
     pub limits: Limits,
     /// This process's id: the lease owner of its claims, and its sweeps' recorder.
     pub process_id: Uuid,
     /// Checks completed by the running sweep, for progress displays and liveness.
     pub progress: Arc<AtomicU64>,
+    /// The last canary results, reused briefly by priority-only runs.
+    pub canaries: canary::Cache,
+    /// Set when the process runs its own sync loop for its whole life (`run`), so sweeps
+    /// need not start one.
+    pub background_sync: std::sync::atomic::AtomicBool,
 }
 
 /// What starts a sweep.
@@ -110,6 +120,10 @@ pub struct SweepReport {
     pub released: u64,
     /// The sweep stopped early because shutdown was requested.
     pub interrupted: bool,
+    /// Suppliers whose canary failed at the start: their rows were skipped.
+    pub canary_failed: Vec<Supplier>,
+    /// Suppliers stopped mid-sweep because they said our configuration is wrong.
+    pub stopped: Vec<Supplier>,
     /// In a dry run: the changes that would have been written (the first 1,000).
     pub changes: Vec<Change>,
     pub seconds: f64,
@@ -235,7 +249,17 @@ impl Engine {
         mut shutdown: Shutdown,
     ) -> Result<SweepReport, (SweepReport, anyhow::Error)> {
         let batch = self.limits.batch_size.max(1);
-        let ctx = Arc::new(check::Context::from_engine(self));
+        // Shared safety state first: this process is counted in every supplier's rate
+        // share, and sees any open breaker or holding guard, before its first call.
+        self.safety.set_read_only(dry_run);
+        if let Err(e) = self.safety.join().await {
+            tracing::warn!(error = %e, "could not read breaker, guard and rate-limit state; using the last view");
+        }
+        let (sync_stop, sync_stopped) = tokio::sync::oneshot::channel::<()>();
+        let sync = (!self.background_sync.load(Ordering::Relaxed))
+            .then(|| tokio::spawn(self.safety.clone().sync_loop(sync_stopped)));
+        let gates = Arc::new(check::Gates::new(self.probe_canaries(suppliers, dry_run, priority_only).await));
+        let ctx = Arc::new(check::Context::from_engine(self, gates.clone()));
         let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = mpsc::channel::<Done>(batch * 2);
         let writer = tokio::spawn(
@@ -318,7 +342,11 @@ impl Engine {
                 let limit = batch - rows.len();
                 let slot = turn % active.len();
                 let supplier = active[slot];
-                let regular = if dry_run {
+
+                // A supplier that said our configuration is wrong is claimed no more.
+                let regular = if gates.is_stopped(supplier) {
+                    Ok(Vec::new())
+                } else if dry_run {
                     let after = cursors.get(&supplier).cloned();
                     store::claims::peek_due(&self.pool, supplier, due_by, after, limit as i64).await.map(|found| {
                         if let Some((last, at)) = found.last() {
@@ -430,7 +458,21 @@ impl Engine {
                 }
             }
         }
+        // The last counts of this run are flushed now, whoever runs the loop.
+        let _ = sync_stop.send(());
+        match sync {
+            Some(sync) => {
+                let _ = sync.await;
+            }
+            None => {
+                if let Err(e) = self.safety.sync().await {
+                    tracing::warn!(error = %e, "could not flush breaker and guard counts");
+                }
+            }
+        }
         report.interrupted = interrupted;
+        report.canary_failed = gates.canary_failed();
+        report.stopped = gates.stopped();
         match failure {
             Some(e) => Err((report, e)),
             None => Ok(report),

@@ -53,6 +53,13 @@ pub async fn prune_events(engine: &Engine, retention: Duration) {
         Ok(n) => tracing::info!(deleted = n, "pruned event rows past IM1_EVENT_RETENTION"),
         Err(e) => tracing::warn!(error = %e, "could not prune old event rows"),
     }
+    // Window counts and dead processes' heartbeat rows outlive every window by an hour.
+    let config = engine.safety.config();
+    let longest = config.breaker.window.max(config.guard.window) + Duration::from_secs(3600);
+    let before = engine.clock.now() - super::delta(longest);
+    if let Err(e) = crate::store::safety::prune(&engine.pool, before).await {
+        tracing::warn!(error = %e, "could not prune old breaker and guard counts");
+    }
 }
 
 /// Sweeps on `schedule` until `shutdown`. A failed sweep (database down) is logged and the

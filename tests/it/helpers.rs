@@ -49,8 +49,9 @@ impl TestApp {
 
     pub fn engine_with(&self, vars: &HashMap<String, String>) -> Engine {
         let mut settings = Settings::from_vars(vars).expect("test settings are valid");
-        let mut engine = im1_revalidator::cli::engine(&mut settings, self.pool.clone(), Arc::new(self.clock.clone()))
-            .expect("engine builds");
+        let mut engine =
+            im1_revalidator::cli::engine(&mut settings, self.pool.clone(), Arc::new(self.clock.clone()), "test")
+                .expect("engine builds");
         engine.progress = Arc::new(AtomicU64::new(0));
         engine
     }
@@ -150,6 +151,18 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
         ("IM1_HTTP_TIMEOUT", "2s"),
         ("IM1_CHECK_TIMEOUT", "5s"),
         ("IM1_CONCURRENCY", "16"),
+        // Rate limits that never bind and no retries, unless a test asks: most tests count
+        // the simulator's calls exactly. The safety tests set their own.
+        ("IM1_EMIS_RATE", "100000"),
+        ("IM1_EMIS_BURST", "100000"),
+        ("IM1_EMIS_MAX_IN_FLIGHT", "1000"),
+        ("IM1_TPP_RATE", "100000"),
+        ("IM1_TPP_BURST", "100000"),
+        ("IM1_TPP_MAX_IN_FLIGHT", "1000"),
+        ("IM1_VISION_RATE", "100000"),
+        ("IM1_VISION_BURST", "100000"),
+        ("IM1_VISION_MAX_IN_FLIGHT", "1000"),
+        ("IM1_RETRY_ATTEMPTS", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

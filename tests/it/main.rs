@@ -9,6 +9,7 @@ mod emis_adapter;
 mod helpers;
 mod import;
 mod lifecycle;
+mod safety;
 mod simulator_control;
 mod sweep;
 mod tls;
