@@ -74,6 +74,7 @@ macro_rules! standing_row {
 pub mod claims;
 pub mod credentials;
 pub mod events;
+pub mod guard;
 pub mod import;
 pub mod priority;
 pub mod status;
