@@ -5,6 +5,7 @@
 mod api;
 mod binary;
 mod emis_adapter;
+mod guard;
 mod helpers;
 mod import;
 mod lifecycle;
