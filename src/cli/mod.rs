@@ -4,6 +4,7 @@
 mod canary;
 mod check_config;
 mod demo;
+mod guard;
 mod import;
 mod migrate;
 mod recheck;
@@ -60,6 +61,9 @@ pub enum Command {
     Demo(demo::Args),
     /// Validate configuration (and, with a database, the keys in use), then exit.
     CheckConfig,
+    /// Verdicts held by the mass-invalidation guard: list them, release or discard them.
+    #[command(subcommand)]
+    Guard(guard::GuardCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +118,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig => check_config::run(load()?).await,
+        Command::Guard(command) => guard::run(load()?, command).await,
     }
 }
 

@@ -75,6 +75,7 @@ pub mod canaries;
 pub mod claims;
 pub mod credentials;
 pub mod events;
+pub mod guard;
 pub mod import;
 pub mod priority;
 pub mod safety;
