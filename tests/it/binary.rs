@@ -1,40 +1,14 @@
 //! The built binary, as operators and the acceptance scenarios run it: exit codes,
 //! messages, and that no token text reaches stdout or stderr.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use sqlx::PgPool;
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_im1-revalidator");
-
-/// Runs the binary with a clean environment plus `env`, feeding `stdin`.
-fn run(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-async fn run_async(args: &[&str], env: Vec<(String, String)>, stdin: String) -> Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run(&args, &env, &stdin)
-    })
-    .await
-    .unwrap()
 }
 
 fn base_env(pool: &PgPool) -> Vec<(String, String)> {
@@ -53,7 +27,7 @@ async fn import_rejects_the_whole_file_listing_every_bad_line(pool: PgPool) {
         r#"{"user_id":"u5","supplier":"vision","ods_code":"C81001","token":{"rosu_account_id":"r","api_key":"k","apikey":"SECRET-FIVE"}}"#,
     ]
     .join("\n");
-    let out = run_async(&["credentials", "import", "-"], base_env(&pool), file.clone()).await;
+    let out = run_binary(&["credentials", "import", "-"], base_env(&pool), file.clone()).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     for expected in [
@@ -70,7 +44,7 @@ async fn import_rejects_the_whole_file_listing_every_bad_line(pool: PgPool) {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 0, "all or nothing");
 
-    let out = run_async(&["credentials", "import", "--skip-invalid"], base_env(&pool), file).await;
+    let out = run_binary(&["credentials", "import", "--skip-invalid"], base_env(&pool), file).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("line 6: user_id: repeats line 1"));
@@ -92,7 +66,7 @@ async fn hostile_import_lines_are_rejected_cleanly(pool: PgPool) {
     file.extend_from_slice(format!("{}{}\n", "[".repeat(10_000), "]".repeat(10_000)).as_bytes());
     let path = std::env::temp_dir().join(format!("im1-hostile-{}.jsonl", uuid::Uuid::new_v4()));
     std::fs::write(&path, &file).unwrap();
-    let out = run_async(&["credentials", "import", path.to_str().unwrap()], base_env(&pool), String::new()).await;
+    let out = run_binary(&["credentials", "import", path.to_str().unwrap()], base_env(&pool), String::new()).await;
     std::fs::remove_file(&path).ok();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -104,7 +78,7 @@ async fn hostile_import_lines_are_rejected_cleanly(pool: PgPool) {
 
 #[tokio::test]
 async fn bad_configuration_names_every_problem_and_exits_2() {
-    let out = run_async(
+    let out = run_binary(
         &["check-config"],
         vec![
             ("IM1_LEASE".into(), "2s".into()),
@@ -126,10 +100,10 @@ async fn bad_configuration_names_every_problem_and_exits_2() {
 #[tokio::test]
 async fn usage_errors_exit_2() {
     let out =
-        run_async(&["recheck"], vec![("DATABASE_URL".into(), "postgres://x@127.0.0.1/x".into())], String::new()).await;
+        run_binary(&["recheck"], vec![("DATABASE_URL".into(), "postgres://x@127.0.0.1/x".into())], String::new()).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("--supplier S, --user U or --all"));
-    let out = run_async(&["no-such-command"], vec![], String::new()).await;
+    let out = run_binary(&["no-such-command"], vec![], String::new()).await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -159,21 +133,21 @@ async fn sweep_status_and_recheck_through_the_binary_never_print_a_token(pool: P
         all_output.push_str(&e);
         o
     };
-    step(run_async(&["migrate"], env.clone(), String::new()).await, 0);
-    step(run_async(&["credentials", "import"], env.clone(), lines).await, 0);
-    let dry = step(run_async(&["sweep", "--dry-run"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["migrate"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["credentials", "import"], env.clone(), lines).await, 0);
+    let dry = step(run_binary(&["sweep", "--dry-run"], env.clone(), String::new()).await, 0);
     assert!(dry.contains("would change revoked (emis): unchecked -> unchecked, outcome suspect"), "{dry}");
-    step(run_async(&["sweep"], env.clone(), String::new()).await, 0);
-    step(run_async(&["sweep", "--supplier", "emis"], env.clone(), String::new()).await, 0);
-    step(run_async(&["recheck", "--all"], env.clone(), String::new()).await, 0);
-    let status = step(run_async(&["status", "--json"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["sweep"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["sweep", "--supplier", "emis"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["recheck", "--all"], env.clone(), String::new()).await, 0);
+    let status = step(run_binary(&["status", "--json"], env.clone(), String::new()).await, 0);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["suppliers"]["emis"]["statuses"]["valid"], 1);
     assert_eq!(status["suppliers"]["emis"]["statuses"]["invalid"], 1);
     assert_eq!(status["suppliers"]["emis"]["refresh_required"], 1);
-    let table = step(run_async(&["status"], env.clone(), String::new()).await, 0);
+    let table = step(run_binary(&["status"], env.clone(), String::new()).await, 0);
     assert!(table.starts_with("supplier"), "{table}");
-    step(run_async(&["check-config"], env.clone(), String::new()).await, 0);
+    step(run_binary(&["check-config"], env.clone(), String::new()).await, 0);
     assert!(all_output.contains("credential standing changed"), "logs are written");
     assert!(!all_output.contains("SECRET"), "a token leaked:\n{all_output}");
     let events: String =
@@ -189,7 +163,7 @@ async fn check_config_names_key_ids_in_use_but_not_configured(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.import(&[emis_line("u1", "g1")]).await;
     let env = vec![("DATABASE_URL".into(), database_url(&pool)), ("IM1_ENCRYPTION_KEYS".into(), KEY_B.into())];
-    let out = run_async(&["check-config"], env, String::new()).await;
+    let out = run_binary(&["check-config"], env, String::new()).await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(r#"key id "a" encrypts 1 token(s) but is not in IM1_ENCRYPTION_KEYS"#), "{stderr}");
@@ -282,7 +256,7 @@ async fn run_sweeps_on_schedule_serves_admin_and_stops_on_sigterm(pool: PgPool) 
 async fn readyz_fails_before_migrations(pool: PgPool) {
     // A database with no schema: `run` refuses to start, naming the fix.
     sqlx::query("DROP TABLE _sqlx_migrations").execute(&pool).await.unwrap();
-    let out = run_async(&["run"], base_env(&pool), String::new()).await;
+    let out = run_binary(&["run"], base_env(&pool), String::new()).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("run `im1-revalidator migrate` first"));
 }

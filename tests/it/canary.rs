@@ -2,7 +2,7 @@
 //! add|remove|list` through the built binary (exit codes, output, and that no token text
 //! ever reaches stdout or stderr).
 
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use chrono::TimeDelta;
 use im1_revalidator::model::Supplier;
@@ -11,8 +11,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_im1-revalidator");
 
 /// A TPP and a Vision credential (with secret-looking token text) and a Microtest one.
 async fn seed_others(app: &TestApp) {
@@ -174,26 +172,11 @@ async fn erasing_a_credential_removes_its_canary(pool: PgPool) {
 
 /// Runs the binary with only `DATABASE_URL` (no encryption keys: canaries never need them).
 async fn canary_cmd(pool: &PgPool, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut argv = vec!["credentials".to_owned(), "canary".to_owned()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let url = database_url(pool);
-    let out: Output = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&argv)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", url)
-            .stdin(Stdio::null())
-            .output()
-            .expect("the binary runs")
-    })
-    .await
-    .expect("runner task");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut argv = vec!["credentials", "canary"];
+    argv.extend_from_slice(args);
+    let (code, out, err) =
+        outcome(&run_binary(&argv, vec![("DATABASE_URL".into(), database_url(pool))], String::new()).await);
+    (Some(code).filter(|c| *c >= 0), out, err)
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]

@@ -3,7 +3,6 @@
 //! released or discarded by the store functions and by the binary.
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use im1_revalidator::model::{LastOutcome, Reason, Supplier};
@@ -14,8 +13,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_im1-revalidator");
 
 fn line(user: &str, ods: &str, token: &str) -> serde_json::Value {
     serde_json::json!({"user_id": user, "supplier": "emis", "ods_code": ods,
@@ -384,28 +381,8 @@ async fn a_verdict_held_after_the_guard_cleared_is_not_stored(pool: PgPool) {
 
 // The binary, as an operator runs it.
 
-fn run(args: &[&str], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
-}
-
 async fn run_async(args: &[&str], env: Vec<(String, String)>) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&args, &env)
-    })
-    .await
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&run_binary(args, env, String::new()).await)
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]

@@ -208,3 +208,36 @@ pub fn transient() -> im1_revalidator::suppliers::Outcome {
 pub fn retry_after(secs: u64) -> im1_revalidator::suppliers::Outcome {
     im1_revalidator::suppliers::Outcome::Transient { retry_after: Some(std::time::Duration::from_secs(secs)) }
 }
+
+/// The built binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_im1-revalidator");
+
+/// Runs the built binary with only `PATH` and `env` in its environment, `stdin` on its
+/// standard input, and waits for it off the async runtime.
+pub async fn run_binary(args: &[&str], env: Vec<(String, String)>, stdin: String) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // A command that never reads its input may already have exited.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Exit code, stdout and stderr of a finished command.
+pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

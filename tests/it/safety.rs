@@ -317,11 +317,27 @@ async fn the_guard_trips_on_an_invalid_share_split_between_two_processes(pool: P
         .await
         .unwrap();
     assert!(held >= 10);
-    let flagged: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials WHERE refresh_required")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(flagged, 0);
+    let flagged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credentials WHERE refresh_required")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(flagged().await, 0);
+
+    // The operator looks, judges the wave genuine, and releases it.
+    let env = vec![("DATABASE_URL".to_owned(), database_url(&app.pool))];
+    let (code, out, err) =
+        outcome(&run_binary(&["guard", "list", "--supplier", "emis"], env.clone(), String::new()).await);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("A81001"), "held verdicts by practice: {out}");
+    let (code, out, err) = outcome(&run_binary(&["guard", "release", "--supplier", "emis"], env, String::new()).await);
+    assert_eq!(code, 0, "{err}");
+    // Held confirmations flag their users; a held first strike becomes only suspect.
+    let now_flagged = flagged().await;
+    assert!(now_flagged >= 10 && now_flagged <= held, "{now_flagged} of {held}: {out}");
+    assert_eq!(app.row("a00").await.status, "invalid");
+    assert!(supplier_state(&app, "emis").await.guard_held_since.is_none(), "released: the guard is clear");
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
