@@ -55,6 +55,11 @@ async fn import_emis(app: &TestApp, users: &[(String, Vec<Step>)]) {
     app.import(&lines).await;
 }
 
+/// `n` users named from `prefix` whose tokens always answer `behaviour`.
+fn users(prefix: &str, n: usize, behaviour: Behaviour) -> Vec<(String, Vec<Step>)> {
+    (0..n).map(|i| (format!("{prefix}{i:02}"), script(&[behaviour]))).collect()
+}
+
 fn script(behaviours: &[Behaviour]) -> Vec<Step> {
     behaviours.iter().map(|b| Step::new(*b)).collect()
 }
@@ -193,7 +198,7 @@ fn breaker_vars(app: &TestApp) -> HashMap<String, String> {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn an_open_breaker_makes_no_calls_until_a_probe_closes_it(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users: Vec<(String, Vec<Step>)> = (0..30).map(|i| (format!("u{i:02}"), script(&[Behaviour::Valid]))).collect();
+    let users = users("u", 30, Behaviour::Valid);
     import_emis(&app, &users).await;
     app.sim.set_outage(Supplier::Emis, true);
     let engine = app.engine_with(&breaker_vars(&app));
@@ -229,8 +234,7 @@ async fn an_open_breaker_makes_no_calls_until_a_probe_closes_it(pool: PgPool) {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_failed_probe_opens_the_breaker_for_another_cooloff(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users: Vec<(String, Vec<Step>)> =
-        (0..12).map(|i| (format!("u{i:02}"), script(&[Behaviour::ServerError]))).collect();
+    let users = users("u", 12, Behaviour::ServerError);
     import_emis(&app, &users).await;
     let engine = app.engine_with(&breaker_vars(&app));
     sweep_with(&engine).await;
@@ -247,7 +251,7 @@ async fn a_failed_probe_opens_the_breaker_for_another_cooloff(pool: PgPool) {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_breaker_opened_by_one_process_stops_the_others_calls(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users: Vec<(String, Vec<Step>)> = (0..20).map(|i| (format!("u{i:02}"), script(&[Behaviour::Valid]))).collect();
+    let users = users("u", 20, Behaviour::Valid);
     import_emis(&app, &users).await;
     app.sim.set_outage(Supplier::Emis, true);
     let a = app.engine_with(&breaker_vars(&app));
@@ -256,7 +260,7 @@ async fn a_breaker_opened_by_one_process_stops_the_others_calls(pool: PgPool) {
 
     // Another process, started after, with work of its own: it makes no call either.
     app.sim.set_outage(Supplier::Emis, false);
-    let more: Vec<(String, Vec<Step>)> = (0..10).map(|i| (format!("v{i:02}"), script(&[Behaviour::Valid]))).collect();
+    let more = users("v", 10, Behaviour::Valid);
     import_emis(&app, &more).await;
     let b = app.engine_with(&breaker_vars(&app));
     let calls = app.sim.calls().emis.sessions;
@@ -395,8 +399,7 @@ async fn practice_unavailable_is_no_verdict_backs_off_and_is_counted(pool: PgPoo
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_dry_run_changes_no_shared_state(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users: Vec<(String, Vec<Step>)> =
-        (0..20).map(|i| (format!("u{i:02}"), script(&[Behaviour::NotRegistered]))).collect();
+    let users = users("u", 20, Behaviour::NotRegistered);
     import_emis(&app, &users).await;
     let engine = app.engine_with(&with(&app, &[("IM1_GUARD_MIN_CHECKS", "5")]));
     let report = engine
@@ -419,8 +422,7 @@ async fn a_failing_canary_blocks_that_suppliers_verdicts(pool: PgPool) {
     let app = spawn_app(pool).await;
     // The canary's token was good; the supplier now calls it unregistered, then recovers.
     let canary = app.emis_user("canary", &["not_registered", "valid"]).await;
-    let users: Vec<(String, Vec<Step>)> =
-        (0..10).map(|i| (format!("u{i:02}"), script(&[Behaviour::NotRegistered]))).collect();
+    let users = users("u", 10, Behaviour::NotRegistered);
     import_emis(&app, &users).await;
     im1_revalidator::store::canaries::add(&app.pool, "canary", Some("ops test account"), app.clock.now_utc())
         .await
@@ -464,7 +466,7 @@ fn busiest(times: &[f64], width: f64) -> usize {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn two_processes_together_stay_within_the_shared_rate_limit(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users: Vec<(String, Vec<Step>)> = (0..70).map(|i| (format!("u{i:02}"), script(&[Behaviour::Valid]))).collect();
+    let users = users("u", 70, Behaviour::Valid);
     import_emis(&app, &users).await;
     let vars = with(
         &app,
