@@ -90,7 +90,6 @@ const POPULATION: &[Kind] = &[
         supplier: "tpp",
         script: &["tpp_service_unavailable"],
     },
-    Kind { name: "TPP: provider id refused (5)", per_thousand: 5, supplier: "tpp", script: &["tpp_invalid_provider"] },
     Kind { name: "Vision: valid", per_thousand: 150, supplier: "vision", script: &["valid"] },
     Kind {
         name: "Vision: invalid credentials (-30)",
@@ -165,6 +164,16 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
         ("IM1_VISION_URL", running.vision_url()),
         ("IM1_VISION_PROVIDER_ID", "im1-demo".to_owned()),
         ("IM1_CONFIRM_AFTER", "0s".to_owned()),
+        // The demo's population is revoked far more often than any real one, on purpose:
+        // at the default 10 % the invalidation guard would hold the verdicts the tour sets
+        // out to show.
+        ("IM1_GUARD_THRESHOLD", "0.5".to_owned()),
+        // The in-process simulator takes far more than a real supplier's 50 requests a second.
+        ("IM1_EMIS_RATE", "2000".to_owned()),
+        ("IM1_TPP_RATE", "2000".to_owned()),
+        ("IM1_VISION_RATE", "2000".to_owned()),
+        // No Retry-After is waited out inside a check, so the tour stays quick.
+        ("IM1_RETRY_MAX_DELAY", "200ms".to_owned()),
         ("IM1_HTTP_TIMEOUT", "2s".to_owned()),
         ("IM1_CHECK_TIMEOUT", "5s".to_owned()),
     ]
@@ -192,9 +201,14 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     print!("{}", indent(&outcome_table(&pool, &expected).await?));
     println!(
         "\nOnly explicit rejections, confirmed twice, flagged users for a refresh; outages, throttling,\n\
-         garbage, locked records, offline practices and our own configuration errors changed\n\
-         nobody's status. Microtest users are never asked to refresh. RP backends read this from\n\
-         the im1_credential_status view (see the README)."
+         garbage, locked records and offline practices changed nobody's status. Microtest users are\n\
+         never asked to refresh. RP backends read this from the im1_credential_status view (see the\n\
+         README).\n\n\
+         In production more defences stand in front of a verdict (the README's \"Verdict safety\"):\n\
+         a circuit breaker, an invalidation guard that holds verdicts when a supplier suddenly calls\n\
+         too many tokens invalid (raised to 50 % for this tour: its population is revoked far more\n\
+         often than a real one), canary credentials, and a supplier that says our configuration is\n\
+         wrong being stopped for the sweep."
     );
     if keep {
         println!("\nKept: DATABASE_URL={}", redact_password(db.expose_secret()));
@@ -331,7 +345,7 @@ async fn outcome_table(pool: &sqlx::PgPool, expected: &HashMap<String, &'static 
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}\n")).collect()
+    text.lines().map(|l| if l.is_empty() { "\n".to_owned() } else { format!("  {l}\n") }).collect()
 }
 
 fn redact_password(url: &str) -> String {

@@ -95,7 +95,8 @@ pub async fn call_with_retries(
 }
 
 /// [`call_with_retries`] under the check's `timeout`, which bounds every call, wait and
-/// retry together. Running out of time is transient (evidence `check_timeout`).
+/// retry together, once the supplier's throttle has admitted the check. Running out of time
+/// is transient (evidence `check_timeout`).
 pub async fn call_within(
     adapter: &dyn Adapter,
     target: CheckTarget<'_>,
@@ -105,9 +106,20 @@ pub async fn call_within(
     timeout: Duration,
     probe: bool,
 ) -> Answer {
+    // Our own rate limit is waited for before the check's time starts: a queue behind
+    // the limit is not the supplier being slow.
+    let admission = match safety.throttle(supplier) {
+        Some(throttle) => Some(throttle.admit_check().await),
+        None => None,
+    };
     let deadline = Instant::now() + timeout;
-    let calls = call_with_retries(adapter, target, policy, safety, supplier, deadline, probe);
-    match tokio::time::timeout(timeout, calls).await {
+    let calls =
+        tokio::time::timeout(timeout, call_with_retries(adapter, target, policy, safety, supplier, deadline, probe));
+    let called = match &admission {
+        Some(admission) => admission.scope(calls).await,
+        None => calls.await,
+    };
+    match called {
         Ok(called) => called.answer,
         Err(_) => Answer::new(Outcome::transient(), Evidence::detail("check_timeout")),
     }

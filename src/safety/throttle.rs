@@ -4,12 +4,13 @@
 //! processes; every HTTP request to the supplier passes [`Throttle::admit`] first.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
 
@@ -48,8 +49,14 @@ pub struct Throttle {
     limits: Limits,
     clock: DefaultClock,
     state: RwLock<(Share, Arc<Limiter>)>,
-    in_flight: Mutex<u32>,
-    released: Notify,
+    /// In-flight slots, handed out first come, first served (tokio's semaphore is fair),
+    /// so no request starves behind later ones.
+    slots: Arc<Semaphore>,
+    /// Slots still to be taken out of circulation after the share shrank while they were
+    /// in use: each returning permit pays one off instead of going back.
+    debt: AtomicU32,
+    /// Waits for a rate token one at a time, in arrival order.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -61,20 +68,18 @@ impl std::fmt::Debug for Throttle {
 /// Holds one in-flight slot until dropped.
 #[must_use]
 pub struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
     throttle: Arc<Throttle>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut n = lock(&self.throttle.in_flight);
-        *n = n.saturating_sub(1);
-        drop(n);
-        self.throttle.released.notify_waiters();
+        let Some(permit) = self.permit.take() else { return };
+        let paid = self.throttle.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok();
+        if paid {
+            permit.forget();
+        }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn limiter(share: &Share, clock: &DefaultClock) -> Arc<Limiter> {
@@ -86,6 +91,28 @@ fn limiter(share: &Share, clock: &DefaultClock) -> Arc<Limiter> {
     Arc::new(RateLimiter::direct_with_clock(quota, clock.clone()))
 }
 
+tokio::task_local! {
+    /// Set for the duration of one check that was admitted before its timeout started:
+    /// the check holds the in-flight slot, and its first request's token is paid.
+    static ADMITTED: Arc<AtomicBool>;
+}
+
+/// A check's admission: its in-flight slot and its first request's rate token, taken before
+/// the check's own timeout starts, so waiting for our own limit never times a check out.
+/// The check's requests run inside [`CheckAdmission::scope`].
+#[must_use]
+pub struct CheckAdmission {
+    _slot: Permit,
+    prepaid: Arc<AtomicBool>,
+}
+
+impl CheckAdmission {
+    /// Runs `f` (the check's calls) as this admitted check.
+    pub async fn scope<F: std::future::Future>(&self, f: F) -> F::Output {
+        ADMITTED.scope(self.prepaid.clone(), f).await
+    }
+}
+
 impl Throttle {
     /// A throttle holding the whole of `limits` (one process) until told otherwise.
     pub fn new(limits: Limits) -> Arc<Self> {
@@ -95,9 +122,10 @@ impl Throttle {
         Arc::new(Throttle {
             limits,
             clock,
+            slots: Arc::new(Semaphore::new(share.max_in_flight as usize)),
             state: RwLock::new((share, limiter)),
-            in_flight: Mutex::new(0),
-            released: Notify::new(),
+            debt: AtomicU32::new(0),
+            turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -113,38 +141,44 @@ impl Throttle {
     /// size; it is only rebuilt when the number of processes changes.
     pub fn set_processes(&self, processes: u32) {
         let share = self.limits.share(processes);
-        {
+        let old = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             if state.0 == share {
                 return;
             }
+            let old = state.0;
             *state = (share, limiter(&share, &self.clock));
+            old
+        };
+        if share.max_in_flight > old.max_in_flight {
+            // Pay off any debt first, then hand out the rest.
+            let mut more = share.max_in_flight - old.max_in_flight;
+            while more > 0 && self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok()
+            {
+                more -= 1;
+            }
+            self.slots.add_permits(more as usize);
+        } else {
+            let fewer = (old.max_in_flight - share.max_in_flight) as usize;
+            let taken = self.slots.forget_permits(fewer);
+            self.debt.fetch_add((fewer - taken) as u32, Ordering::AcqRel);
         }
-        // A larger in-flight share may admit waiters now.
-        self.released.notify_waiters();
     }
 
-    /// Waits for an in-flight slot, then for a request token. The slot is held until the
-    /// permit is dropped (when the request's answer has been read).
-    pub async fn admit(self: &Arc<Self>) -> Permit {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            {
-                let mut n = lock(&self.in_flight);
-                if *n < self.share().max_in_flight {
-                    *n += 1;
-                    break;
-                }
-            }
-            released.await;
-        }
-        let permit = Permit { throttle: self.clone() };
+    /// Waits for an in-flight slot (first come, first served).
+    async fn slot(self: &Arc<Self>) -> Permit {
+        // The semaphore is never closed.
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        Permit { permit, throttle: self.clone() }
+    }
+
+    /// Waits for one request token, in arrival order.
+    async fn token(&self) {
+        let _turn = self.turn.lock().await;
         loop {
             let limiter = self.state.read().unwrap_or_else(|p| p.into_inner()).1.clone();
             match limiter.check() {
-                Ok(()) => return permit,
+                Ok(()) => return,
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
                     tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
@@ -153,9 +187,33 @@ impl Throttle {
         }
     }
 
-    /// Requests in flight now (for tests and status).
+    /// Admits one check: an in-flight slot for its whole life and its first token.
+    pub async fn admit_check(self: &Arc<Self>) -> CheckAdmission {
+        let slot = self.slot().await;
+        self.token().await;
+        CheckAdmission { _slot: slot, prepaid: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// Admits one request. Inside an admitted check it only needs a token (the first is
+    /// already paid): the check holds the slot, and its requests go one after another.
+    /// Otherwise it waits for a slot, held until the permit is dropped, then a token.
+    pub async fn admit(self: &Arc<Self>) -> Option<Permit> {
+        if let Ok(prepaid) = ADMITTED.try_with(|p| p.clone()) {
+            if !prepaid.swap(false, Ordering::AcqRel) {
+                self.token().await;
+            }
+            return None;
+        }
+        let slot = self.slot().await;
+        self.token().await;
+        Some(slot)
+    }
+
+    /// Slots in use now (for tests and status).
     pub fn in_flight(&self) -> u32 {
-        *lock(&self.in_flight)
+        let cap = self.share().max_in_flight as usize;
+        let debt = self.debt.load(Ordering::Acquire) as usize;
+        (cap + debt).saturating_sub(self.slots.available_permits()) as u32
     }
 }
 
@@ -181,6 +239,7 @@ mod tests {
         let throttle = Throttle::new(Limits { rate: 1e6, burst: 1000, max_in_flight: 2 });
         let a = throttle.admit().await;
         let _b = throttle.admit().await;
+        assert!(a.is_some(), "outside a check, a request holds its own slot");
         assert_eq!(throttle.in_flight(), 2);
         let waiting = tokio::spawn({
             let throttle = throttle.clone();
@@ -210,6 +269,39 @@ mod tests {
         assert!(!waiting.is_finished());
         throttle.set_processes(1);
         waiting.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_smaller_share_takes_slots_back_as_they_return() {
+        let throttle = Throttle::new(Limits { rate: 1e6, burst: 1000, max_in_flight: 4 });
+        let held: Vec<_> = futures_held(&throttle, 4).await;
+        throttle.set_processes(2);
+        assert_eq!(throttle.in_flight(), 4, "slots in use are not taken away");
+        drop(held);
+        assert_eq!(throttle.in_flight(), 0);
+        let again = futures_held(&throttle, 2).await;
+        let third = tokio::time::timeout(Duration::from_millis(50), throttle.admit()).await;
+        assert!(third.is_err(), "the share is now two slots");
+        drop(again);
+    }
+
+    async fn futures_held(throttle: &Arc<Throttle>, n: usize) -> Vec<Option<Permit>> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(throttle.admit().await);
+        }
+        held
+    }
+
+    #[tokio::test]
+    async fn inside_an_admitted_check_requests_hold_no_slot_and_the_first_is_prepaid() {
+        // A rate of one a day and a burst of one: only the prepaid token is available.
+        let throttle = Throttle::new(Limits { rate: 1.0 / 86_400.0, burst: 1, max_in_flight: 1 });
+        let check = throttle.admit_check().await;
+        let first = check.scope(throttle.admit()).await;
+        assert!(first.is_none(), "the check holds the slot");
+        let second = tokio::time::timeout(Duration::from_millis(50), check.scope(throttle.admit())).await;
+        assert!(second.is_err(), "a second request needs a token of its own");
     }
 
     #[tokio::test]

@@ -149,7 +149,7 @@ impl HttpClient {
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawAnswer, TransportError> {
         // Held until the whole answer is read: in flight means on the wire.
         let _permit = match &self.throttle {
-            Some(throttle) => Some(throttle.admit().await),
+            Some(throttle) => throttle.admit().await,
             None => None,
         };
         let mut response = request.send().await.map_err(|e| TransportError::from_reqwest(&e))?;

@@ -56,7 +56,7 @@ async fn import_emis(app: &TestApp, users: &[(String, Vec<Step>)]) {
 }
 
 /// `n` users named from `prefix` whose tokens always answer `behaviour`.
-fn users(prefix: &str, n: usize, behaviour: Behaviour) -> Vec<(String, Vec<Step>)> {
+fn scripted(prefix: &str, n: usize, behaviour: Behaviour) -> Vec<(String, Vec<Step>)> {
     (0..n).map(|i| (format!("{prefix}{i:02}"), script(&[behaviour]))).collect()
 }
 
@@ -198,7 +198,7 @@ fn breaker_vars(app: &TestApp) -> HashMap<String, String> {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn an_open_breaker_makes_no_calls_until_a_probe_closes_it(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users = users("u", 30, Behaviour::Valid);
+    let users = scripted("u", 30, Behaviour::Valid);
     import_emis(&app, &users).await;
     app.sim.set_outage(Supplier::Emis, true);
     let engine = app.engine_with(&breaker_vars(&app));
@@ -234,7 +234,7 @@ async fn an_open_breaker_makes_no_calls_until_a_probe_closes_it(pool: PgPool) {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_failed_probe_opens_the_breaker_for_another_cooloff(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users = users("u", 12, Behaviour::ServerError);
+    let users = scripted("u", 12, Behaviour::ServerError);
     import_emis(&app, &users).await;
     let engine = app.engine_with(&breaker_vars(&app));
     sweep_with(&engine).await;
@@ -251,7 +251,7 @@ async fn a_failed_probe_opens_the_breaker_for_another_cooloff(pool: PgPool) {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_breaker_opened_by_one_process_stops_the_others_calls(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users = users("u", 20, Behaviour::Valid);
+    let users = scripted("u", 20, Behaviour::Valid);
     import_emis(&app, &users).await;
     app.sim.set_outage(Supplier::Emis, true);
     let a = app.engine_with(&breaker_vars(&app));
@@ -260,7 +260,7 @@ async fn a_breaker_opened_by_one_process_stops_the_others_calls(pool: PgPool) {
 
     // Another process, started after, with work of its own: it makes no call either.
     app.sim.set_outage(Supplier::Emis, false);
-    let more = users("v", 10, Behaviour::Valid);
+    let more = scripted("v", 10, Behaviour::Valid);
     import_emis(&app, &more).await;
     let b = app.engine_with(&breaker_vars(&app));
     let calls = app.sim.calls().emis.sessions;
@@ -399,7 +399,7 @@ async fn practice_unavailable_is_no_verdict_backs_off_and_is_counted(pool: PgPoo
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_dry_run_changes_no_shared_state(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users = users("u", 20, Behaviour::NotRegistered);
+    let users = scripted("u", 20, Behaviour::NotRegistered);
     import_emis(&app, &users).await;
     let engine = app.engine_with(&with(&app, &[("IM1_GUARD_MIN_CHECKS", "5")]));
     let report = engine
@@ -422,7 +422,7 @@ async fn a_failing_canary_blocks_that_suppliers_verdicts(pool: PgPool) {
     let app = spawn_app(pool).await;
     // The canary's token was good; the supplier now calls it unregistered, then recovers.
     let canary = app.emis_user("canary", &["not_registered", "valid"]).await;
-    let users = users("u", 10, Behaviour::NotRegistered);
+    let users = scripted("u", 10, Behaviour::NotRegistered);
     import_emis(&app, &users).await;
     im1_revalidator::store::canaries::add(&app.pool, "canary", Some("ops test account"), app.clock.now_utc())
         .await
@@ -466,7 +466,7 @@ fn busiest(times: &[f64], width: f64) -> usize {
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn two_processes_together_stay_within_the_shared_rate_limit(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let users = users("u", 70, Behaviour::Valid);
+    let users = scripted("u", 70, Behaviour::Valid);
     import_emis(&app, &users).await;
     let vars = with(
         &app,
