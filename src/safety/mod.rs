@@ -39,6 +39,8 @@ pub use throttle::Throttle;
 
 /// How often a process syncs while it may call suppliers.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How long a process that found itself alone waits before looking again.
+const JOIN_RECHECK: Duration = Duration::from_millis(100);
 /// A process whose heartbeat is older than this is dead: its share goes to the others.
 pub const PROCESS_TTL: Duration = Duration::from_secs(10);
 
@@ -445,15 +447,23 @@ impl Safety {
 
     /// The first sync of this process. When other processes are live, waits one sync
     /// period so that each has seen this one (and taken its smaller share) before this
-    /// one makes its first call: two processes never both spend the whole rate.
+    /// one makes its first call: two processes never both spend the whole rate. Alone, it
+    /// looks once more after a moment, for a process that registered at the same instant
+    /// (neither statement could see the other's row).
     pub async fn join(&self) -> sqlx::Result<()> {
         self.sync().await?;
         if self.joined.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let others = self.metrics.live_processes.get() > 1;
+        let mut others = self.metrics.live_processes.get() > 1;
+        if !others {
+            tokio::time::sleep(JOIN_RECHECK).await;
+            self.sync().await?;
+            others = self.metrics.live_processes.get() > 1;
+        }
         if others {
-            tokio::time::sleep(SYNC_EVERY + SYNC_EVERY / 5).await;
+            // Two periods: the others sync every period, plus however long a sync takes.
+            tokio::time::sleep(2 * SYNC_EVERY).await;
             self.sync().await?;
         }
         Ok(())

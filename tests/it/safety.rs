@@ -491,3 +491,42 @@ async fn two_processes_together_stay_within_the_shared_rate_limit(pool: PgPool) 
     assert!(rate <= 21.0, "{rate:.1} calls per second over {span:.2}s");
     assert!(app.sim.max_in_flight(Supplier::Emis) <= 4);
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_sweep_process_joining_another_shares_the_rate_limit(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    import_emis(&app, &scripted("u", 80, Behaviour::Valid)).await;
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url(&app.pool)),
+        ("IM1_ENCRYPTION_KEYS", KEY_A.to_owned()),
+        ("IM1_EMIS_URL", app.running.emis_url()),
+        ("IM1_EMIS_APPLICATION_ID", "test-app".to_owned()),
+        ("IM1_EMIS_RATE", "20".to_owned()),
+        ("IM1_EMIS_BURST", "4".to_owned()),
+        // Few rows claimed ahead, so the one that joins later finds work left.
+        ("IM1_CONCURRENCY", "4".to_owned()),
+        ("IM1_BATCH_SIZE", "2".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // One starts alone at the whole rate; the other joins while it is sweeping.
+    let first = tokio::spawn(run_binary(&["sweep", "--json"], env.clone(), String::new()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = run_binary(&["sweep", "--json"], env, String::new()).await;
+    let a = first.await.unwrap();
+    let report_checks = |out: &std::process::Output| {
+        let (code, stdout, stderr) = outcome(out);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["checks"].as_u64().unwrap()
+    };
+    let checks = report_checks(&a) + report_checks(&b);
+    assert_eq!(checks, 80);
+    let (ca, cb) = (report_checks(&a), report_checks(&b));
+    assert!(cb > 10, "the later process found work too: {ca} and {cb}");
+    let times = app.sim.call_times(Supplier::Emis);
+    let peak = busiest(&times, 1.0);
+    assert!(peak <= 24, "{peak} calls in one second: the two processes must share 20/s (burst 4)");
+    let processes: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_processes").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(processes, 0, "each process removed its heartbeat row on exit");
+}
