@@ -331,6 +331,11 @@ mod tests {
         m.check(Supplier::Emis, LastOutcome::Valid, Duration::from_millis(3));
         m.check(Supplier::Tpp, LastOutcome::SupplierConfigError, Duration::from_millis(3));
         m.skipped(Supplier::Emis, "unknown_key_id");
+        m.set_breaker(Supplier::Emis, crate::safety::Breaker::HalfOpen);
+        m.set_guard(Supplier::Tpp, true, 7);
+        m.breaker_transition(Supplier::Emis, "open");
+        m.retries.get_or_create(&supplier(Supplier::Vision)).inc();
+        m.canary_failures.get_or_create(&supplier(Supplier::Emis)).inc();
         let text = m.encode();
         for name in [
             "im1_checks_total{supplier=\"emis\",outcome=\"valid\"} 1",
@@ -340,6 +345,13 @@ mod tests {
             "im1_last_sweep_success_timestamp_seconds",
             "im1_next_sweep_timestamp_seconds",
             "im1_sweep_duration_seconds",
+            "im1_supplier_circuit_open{supplier=\"emis\"} 1",
+            "im1_invalidation_guard_held{supplier=\"tpp\"} 1",
+            "im1_held_verdicts{supplier=\"tpp\"} 7",
+            "im1_breaker_transitions_total{supplier=\"emis\",to=\"open\"} 1",
+            "im1_retries_total{supplier=\"vision\"} 1",
+            "im1_canary_failures_total{supplier=\"emis\"} 1",
+            "im1_live_processes",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
