@@ -1,7 +1,7 @@
 //! The built binary, as operators and the acceptance scenarios run it: exit codes,
 //! messages, and that no token text reaches stdout or stderr.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use sqlx::PgPool;
 
@@ -167,39 +167,6 @@ async fn check_config_names_key_ids_in_use_but_not_configured(pool: PgPool) {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(r#"key id "a" encrypts 1 token(s) but is not in IM1_ENCRYPTION_KEYS"#), "{stderr}");
-}
-
-/// Starts `run` against this test's database and simulator on a free admin port, its output
-/// captured.
-fn spawn_run(pool: &PgPool, app: &TestApp, schedule: &str) -> (u16, std::process::Child) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = std::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .env("DATABASE_URL", database_url(pool))
-        .env("IM1_ENCRYPTION_KEYS", KEY_A)
-        .env("IM1_EMIS_URL", app.running.emis_url())
-        .env("IM1_EMIS_APPLICATION_ID", "app")
-        .env("IM1_SCHEDULE", schedule)
-        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (port, child)
-}
-
-/// Polls `url` until it answers `want` (the process is starting up; no fixed sleep).
-async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> String {
-    for _ in 0..400 {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().as_u16() == want
-        {
-            return r.text().await.unwrap_or_default();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("{url} never answered {want}");
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]

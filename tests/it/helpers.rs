@@ -241,3 +241,47 @@ pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Starts `run` against this test's database and simulator on a free admin port, its output
+/// captured.
+pub fn spawn_run(pool: &PgPool, app: &TestApp, schedule: &str) -> (u16, std::process::Child) {
+    spawn_run_with(pool, app, schedule, &[])
+}
+
+/// [`spawn_run`] with more environment.
+pub fn spawn_run_with(
+    pool: &PgPool,
+    app: &TestApp,
+    schedule: &str,
+    extra: &[(&str, &str)],
+) -> (u16, std::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", database_url(pool))
+        .env("IM1_ENCRYPTION_KEYS", KEY_A)
+        .env("IM1_EMIS_URL", app.running.emis_url())
+        .env("IM1_EMIS_APPLICATION_ID", "app")
+        .env("IM1_SCHEDULE", schedule)
+        .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .envs(extra.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (port, child)
+}
+
+/// Polls `url` until it answers `want` (the process is starting up; no fixed sleep).
+pub async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> String {
+    for _ in 0..400 {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().as_u16() == want
+        {
+            return r.text().await.unwrap_or_default();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{url} never answered {want}");
+}
