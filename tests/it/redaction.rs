@@ -34,6 +34,9 @@ fn assert_clean(place: &str, text: &str) {
     assert!(!text.contains("panicked"), "{place} shows a panic:\n{text}");
 }
 
+/// Method, path, authorization, body, the status it must answer.
+type ApiCall = (reqwest::Method, String, Option<String>, Option<String>, u16);
+
 fn import_file() -> String {
     [
         r#"{"user_id":"rx-ok","supplier":"emis","ods_code":"A81001","token":{"access_identity_guid":"SECRET-RX-EMIS-OK"}}"#,
@@ -109,7 +112,7 @@ async fn no_command_api_path_table_or_metric_ever_shows_a_token(pool: PgPool) {
                                   "token": {"access_identity_guid": "SECRET-RX-API-PUT"}});
     let bad_put = serde_json::json!({"supplier": "emis", "ods_code": "A81001",
                                       "token": {"access_identity_guid": "SECRET-RX-API-422", "oops": "SECRET-RX-API-422"}});
-    let calls: Vec<(reqwest::Method, String, Option<String>, Option<String>, u16)> = vec![
+    let calls: Vec<ApiCall> = vec![
         (reqwest::Method::GET, "/v1/credentials/rx-ok".into(), Some(bearer.into()), None, 200),
         (reqwest::Method::GET, "/v1/credentials/rx-nobody".into(), Some(bearer.into()), None, 404),
         (reqwest::Method::PUT, "/v1/credentials/rx-api".into(), Some(bearer.into()), Some(put.to_string()), 201),
