@@ -224,6 +224,21 @@ impl Metrics {
         }
     }
 
+    /// Creates every per-supplier series at zero for the configured suppliers, so a
+    /// counter's first increment is an increase an alert can see (a series that appears
+    /// at 1 has no earlier sample to compare with) and dashboards show zeros, not gaps.
+    pub fn init_suppliers(&self, suppliers: &[Supplier]) {
+        for s in suppliers {
+            let label = supplier(*s);
+            drop(self.supplier_config_errors.get_or_create(&label));
+            drop(self.canary_failures.get_or_create(&label));
+            drop(self.retries.get_or_create(&label));
+            drop(self.circuit_open.get_or_create(&label));
+            drop(self.guard_held.get_or_create(&label));
+            drop(self.held_verdicts.get_or_create(&label));
+        }
+    }
+
     /// 1 while the breaker stops or restricts calls (open or half-open), else 0.
     pub fn set_breaker(&self, s: Supplier, breaker: crate::safety::Breaker) {
         let open = !matches!(breaker, crate::safety::Breaker::Closed);
@@ -294,7 +309,38 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
+    /// The Prometheus text format (0.0.4), for scrapers that do not ask for OpenMetrics
+    /// (curl, promtool, older Prometheus): OpenMetrics names a counter's family without
+    /// `_total` and ends with `# EOF`; the text format names it with `_total`, has no
+    /// `# UNIT` and no end marker. The series lines are the same in both.
+    pub fn encode_text(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .filter(|name| !name.ends_with("_total"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            match renamed {
+                Some(line) => out.push_str(&line),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The OpenMetrics exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -356,5 +402,13 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(!text.contains("_total_total"));
+
+        let classic = m.encode_text();
+        assert!(classic.contains("# TYPE im1_checks_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP im1_checks_total Token checks"), "{classic}");
+        assert!(classic.contains("# TYPE im1_check_duration_seconds histogram\n"));
+        assert!(!classic.contains("# EOF"));
+        let series = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(series(&classic), series(&text), "the same series in both formats");
     }
 }

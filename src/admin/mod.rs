@@ -73,7 +73,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
+/// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does), the classic
+/// Prometheus text format otherwise (curl, promtool).
+async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
     let stale_before = state.clock.now() - crate::sweep::delta(state.recheck_interval * 2);
     match tokio::time::timeout(Duration::from_secs(5), DatabaseSnapshot::read(&state.pool, stale_before)).await {
         Ok(Ok(snapshot)) => state.metrics.set_database_gauges(&snapshot),
@@ -81,8 +83,17 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not read database gauges"),
         Err(_) => tracing::warn!("metrics: database gauges timed out"),
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
-        .into_response()
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode_text())
+            .into_response()
+    }
 }
 
 /// Serves the admin router until `shutdown`.

@@ -178,6 +178,7 @@ impl Safety {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: clock.now(),
         };
+        metrics.init_suppliers(&throttles.keys().copied().collect::<Vec<_>>());
         let suppliers = throttles
             .iter()
             .map(|(s, t)| (*s, SupplierSafety { throttle: t.clone(), local: Mutex::new(Local::new()) }))

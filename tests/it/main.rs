@@ -10,6 +10,7 @@ mod guard;
 mod helpers;
 mod import;
 mod lifecycle;
+mod ops;
 mod redaction;
 mod safety;
 mod simulator_control;
