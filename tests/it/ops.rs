@@ -77,15 +77,19 @@ async fn real_metrics_pass_promtool_and_cover_every_alert_query(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.emis_user("ok", &["valid"]).await;
     app.emis_user("revoked", &["not_registered"]).await;
+    // A stored row that cannot be decrypted, so the skip series exists too.
+    app.emis_user("corrupt", &["valid"]).await;
+    sqlx::query("UPDATE im1_credentials SET token_ciphertext = '\\x00' WHERE user_id = 'corrupt'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (port, mut child) = spawn_run(&pool, &app, "* * * * * *");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let mut metrics = String::new();
     for _ in 0..400 {
         metrics = wait_for_status(&client, &url, 200).await;
-        if metrics.contains("im1_checks_total{supplier=\"emis\",outcome=\"suspect\"}")
-            && metrics.contains("im1_supplier_circuit_open{")
-        {
+        if metrics.contains("im1_rows_skipped_total{") && metrics.contains("im1_check_duration_seconds_bucket{") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -107,17 +111,109 @@ async fn real_metrics_pass_promtool_and_cover_every_alert_query(pool: PgPool) {
     let (ok, out) = promtool(&["check", "metrics"], Some(&metrics));
     assert!(ok, "promtool check metrics: {out}\n{metrics}");
 
-    // Every metric an alert queries is one the service exports.
-    let exported: BTreeSet<&str> = metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
-    let text = alerts();
-    let queried: BTreeSet<&str> =
-        text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.starts_with("im1_")).collect();
+    // Every metric an alert or a dashboard panel queries is one the service exports.
+    let exported = exported_names(&metrics);
+    let queried = metric_names(&alerts());
     assert!(queried.len() >= 6);
     for name in queried {
-        assert!(exported.contains(name), "alerts.yml queries {name}, which /metrics does not export");
+        assert!(exported.contains(&name), "alerts.yml queries {name}, which /metrics does not export");
+    }
+    for (title, expr) in dashboard_queries() {
+        for name in metric_names(&expr) {
+            assert!(exported.contains(&name), "panel {title:?} queries {name}, which /metrics does not export");
+        }
+    }
+}
+
+/// Every series name `/metrics` can carry: each family's name, and a histogram's
+/// `_bucket`, `_sum` and `_count` (families with no series yet are still declared).
+fn exported_names(metrics: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            names.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("im1_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// (panel title, query) for every panel of the dashboard.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/grafana/im1-revalidator.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push((panel["title"].as_str().unwrap().to_owned(), target["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    out
+}
+
+/// Gauges read from the database: every replica reports the same value.
+const DATABASE_GAUGES: &[&str] = &[
+    "im1_credentials",
+    "im1_refresh_required",
+    "im1_credentials_unverified",
+    "im1_last_sweep_success_timestamp_seconds",
+    "im1_supplier_circuit_open",
+    "im1_invalidation_guard_held",
+    "im1_held_verdicts",
+    "im1_live_processes",
+];
+
+#[test]
+fn the_dashboard_has_a_fixed_uid_a_datasource_variable_and_aggregates_correctly() {
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/grafana/im1-revalidator.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "im1-revalidator");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus")
+    );
+    for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+    }
+    let queries = dashboard_queries();
+    for wanted in [
+        "im1_checks_total",
+        "im1_check_duration_seconds_bucket",
+        "im1_credentials",
+        "im1_refresh_required",
+        "im1_supplier_circuit_open",
+        "im1_invalidation_guard_held",
+        "im1_sweep_duration_seconds_bucket",
+        "im1_last_sweep_success_timestamp_seconds",
+    ] {
+        assert!(queries.iter().any(|(_, q)| metric_names(q).contains(wanted)), "no panel shows {wanted}");
+    }
+    for (title, expr) in &queries {
+        for name in metric_names(expr) {
+            if DATABASE_GAUGES.contains(&name.as_str()) {
+                assert!(
+                    expr.contains("max") && !expr.contains("sum"),
+                    "{title}: {name} is the same in every replica: max, never sum"
+                );
+            }
+            if name.ends_with("_total") || name.ends_with("_bucket") {
+                assert!(
+                    expr.contains("sum") && (expr.contains("rate(") || expr.contains("increase(")),
+                    "{title}: {name} is per process: sum its rate"
+                );
+            }
+        }
     }
 }
