@@ -23,6 +23,7 @@ use sqlx::PgPool;
 
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Settings};
+use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
 use crate::policy::Rules;
@@ -127,6 +128,26 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
 async fn connect(settings: &Settings) -> Result<PgPool, CliError> {
     let url = settings.require_database()?;
     Ok(crate::store::connect(url, 8).await?)
+}
+
+/// Refuses to go on while a key id that encrypts stored tokens is missing from
+/// `IM1_ENCRYPTION_KEYS` (exit 2, one line per key id, naming how many tokens need it).
+/// Without this a dropped key shows up only as rows quietly `skipped` at every check; with
+/// it, `run`, `sweep`, `keys rotate` and `check-config` stop at start-up and say what to do.
+/// Returns the key ids in use and their token counts.
+pub async fn require_keys_in_use(pool: &PgPool, keys: &Keyring) -> Result<Vec<(String, i64)>, CliError> {
+    let in_use = crate::store::import::key_ids_in_use(pool).await?;
+    let problems: Vec<String> = in_use
+        .iter()
+        .filter(|(id, _)| !keys.has(id))
+        .map(|(id, n)| {
+            format!(
+                "key id {id:?} encrypts {n} token(s) but is not in IM1_ENCRYPTION_KEYS: add it back \
+                 (decrypt-only, after the primary) until `keys rotate` has moved them"
+            )
+        })
+        .collect();
+    if problems.is_empty() { Ok(in_use) } else { Err(CliError::Config(ConfigError { problems })) }
 }
 
 /// Adapters for every configured supplier; unusable TLS files are a configuration error
