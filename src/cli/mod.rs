@@ -6,6 +6,7 @@ mod check_config;
 mod demo;
 mod guard;
 mod import;
+mod keys;
 mod migrate;
 mod recheck;
 mod run;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Verdicts held by the mass-invalidation guard: list them, release or discard them.
     #[command(subcommand)]
     Guard(guard::GuardCommand),
+    /// Encryption keys: tokens per key id; re-encrypt them all under the primary key.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +124,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig => check_config::run(load()?).await,
         Command::Guard(command) => guard::run(load()?, command).await,
+        Command::Keys(command) => keys::run(load()?, command).await,
     }
 }
 
