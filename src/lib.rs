@@ -11,6 +11,7 @@
 //! - [`config`]: typed settings from the environment, validated in one pure step.
 //! - [`token`]: the token shapes per supplier and input validation (import lines, API).
 //! - [`crypto`]: AES-256-GCM at rest, key id in every ciphertext, user id bound as AAD.
+//! - [`keys`]: which key ids the stored tokens are under, and `keys rotate`'s loop.
 //! - [`store`]: everything that touches PostgreSQL: import, claims with leases and fencing
 //!   tokens, batched write-back with events and notifications, sweep records, status.
 //! - [`suppliers`]: one module per GP system; builds requests and classifies answers only.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod policy;

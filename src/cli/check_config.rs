@@ -20,15 +20,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     }
     let pool = super::connect(&settings).await?;
     let keys = settings.require_keys()?;
-    let in_use = crate::store::import::key_ids_in_use(&pool).await?;
-    let missing: Vec<String> = in_use
-        .iter()
-        .filter(|(id, _)| !keys.has(id))
-        .map(|(id, n)| format!("key id {id:?} encrypts {n} token(s) but is not in IM1_ENCRYPTION_KEYS"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(CliError::Input(missing.join("\n")));
-    }
+    let in_use = super::require_keys_in_use(&pool, keys).await?;
     println!("every key id in use is configured ({} in use)", in_use.len());
     Ok(())
 }

@@ -6,6 +6,7 @@ mod check_config;
 mod demo;
 mod guard;
 mod import;
+mod keys;
 mod migrate;
 mod recheck;
 mod run;
@@ -23,6 +24,7 @@ use sqlx::PgPool;
 
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Settings};
+use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
 use crate::policy::Rules;
@@ -64,6 +66,9 @@ pub enum Command {
     /// Verdicts held by the mass-invalidation guard: list them, release or discard them.
     #[command(subcommand)]
     Guard(guard::GuardCommand),
+    /// Encryption keys: tokens per key id; re-encrypt them all under the primary key.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +124,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig => check_config::run(load()?).await,
         Command::Guard(command) => guard::run(load()?, command).await,
+        Command::Keys(command) => keys::run(load()?, command).await,
     }
 }
 
@@ -127,6 +133,26 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
 async fn connect(settings: &Settings) -> Result<PgPool, CliError> {
     let url = settings.require_database()?;
     Ok(crate::store::connect(url, 8).await?)
+}
+
+/// Refuses to go on while a key id that encrypts stored tokens is missing from
+/// `IM1_ENCRYPTION_KEYS` (exit 2, one line per key id, naming how many tokens need it).
+/// Without this a dropped key shows up only as rows quietly `skipped` at every check; with
+/// it, `run`, `sweep`, `keys rotate` and `check-config` stop at start-up and say what to do.
+/// Returns the key ids in use and their token counts.
+pub async fn require_keys_in_use(pool: &PgPool, keys: &Keyring) -> Result<Vec<(String, i64)>, CliError> {
+    let in_use = crate::store::import::key_ids_in_use(pool).await?;
+    let problems: Vec<String> = in_use
+        .iter()
+        .filter(|(id, _)| !keys.has(id))
+        .map(|(id, n)| {
+            format!(
+                "key id {id:?} encrypts {n} token(s) but is not in IM1_ENCRYPTION_KEYS: add it back \
+                 (decrypt-only, after the primary) until `keys rotate` has moved them"
+            )
+        })
+        .collect();
+    if problems.is_empty() { Ok(in_use) } else { Err(CliError::Config(ConfigError { problems })) }
 }
 
 /// Adapters for every configured supplier; unusable TLS files are a configuration error

@@ -19,6 +19,7 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
             "the database schema is not up to date: run `im1-revalidator migrate` first"
         )));
     }
+    super::require_keys_in_use(&pool, settings.require_keys()?).await?;
     let clock = crate::clock::system();
     let engine = Arc::new(super::engine(&mut settings, pool.clone(), clock.clone(), "run")?);
     let liveness = Arc::new(Liveness::default());

@@ -32,6 +32,7 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<(), CliError> {
         }
     }
     let pool = super::connect(&settings).await?;
+    super::require_keys_in_use(&pool, settings.require_keys()?).await?;
     let engine = super::engine(&mut settings, pool, crate::clock::system(), "sweep")?;
     if engine.adapters.is_empty() {
         return Err(CliError::Input("no supplier is configured: set IM1_EMIS_URL (or another supplier's URL)".into()));

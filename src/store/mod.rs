@@ -77,6 +77,7 @@ pub mod credentials;
 pub mod events;
 pub mod guard;
 pub mod import;
+pub mod keys;
 pub mod priority;
 pub mod safety;
 pub mod status;

@@ -9,6 +9,7 @@ mod emis_adapter;
 mod guard;
 mod helpers;
 mod import;
+mod keys;
 mod lifecycle;
 mod ops;
 mod redaction;
