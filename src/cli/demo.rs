@@ -196,7 +196,7 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
 
     let report = super::status::read(&pool, &settings).await.map_err(|e| anyhow!("{e}"))?;
     println!("\nCredentials by supplier and status:\n");
-    print!("{}", indent(&super::status::render(&report)));
+    print!("{}", indent(&super::status::render(&report, super::status::colour_stdout())));
     println!("\nWhat each kind of patient came to:\n");
     print!("{}", indent(&outcome_table(&pool, &expected).await?));
     println!(

@@ -6,10 +6,13 @@
 //! with its content.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::CliError;
+use super::progress::{Progress, Unit};
 use crate::config::Settings;
 use crate::store::import::ImportTx;
 use crate::token::{NewCredential, parse_import_line};
@@ -42,8 +45,23 @@ pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
             Box::new(BufReader::with_capacity(256 * 1024, file))
         }
     };
+    let size = match &args.path {
+        Some(p) if p.as_os_str() != "-" => tokio::fs::metadata(p).await.ok().map(|m| m.len()),
+        _ => None,
+    };
     let mut tx = ImportTx::begin(&pool, keys, clock.now()).await?;
-    let outcome = import(reader, &mut tx, |line, problem| eprintln!("line {line}: {problem}")).await?;
+    let read = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("import", Unit::Bytes, size, read.clone());
+    let outcome = import(reader, &mut tx, &read, |line, problem| {
+        // A bad line's report starts on a line of its own, not after the bar.
+        if super::progress::interactive() {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("line {line}: {problem}")
+    })
+    .await;
+    progress.finish().await;
+    let outcome = outcome?;
     if outcome.bad_lines > 0 && !args.skip_invalid {
         tx.rollback().await?;
         return Err(CliError::Input(format!(
@@ -72,8 +90,13 @@ pub struct ReadOutcome {
 }
 
 /// Reads every line, reports each bad one through `report(line_number, problem)`, and
-/// adds the good ones to `tx` in batches.
-pub async fn import<R, F>(mut reader: R, tx: &mut ImportTx<'_>, mut report: F) -> Result<ReadOutcome, CliError>
+/// adds the good ones to `tx` in batches. `read` counts the bytes consumed (progress).
+pub async fn import<R, F>(
+    mut reader: R,
+    tx: &mut ImportTx<'_>,
+    read: &AtomicU64,
+    mut report: F,
+) -> Result<ReadOutcome, CliError>
 where
     R: AsyncBufRead + Unpin,
     F: FnMut(u64, String),
@@ -89,6 +112,7 @@ where
             Ok(Some(line)) => line,
             Err(e) => return Err(CliError::Input(format!("reading line {number}: {e}"))),
         };
+        read.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
         let text = match line {
             Line::TooLong => {
                 outcome.lines += 1;
@@ -141,6 +165,17 @@ async fn add<F: FnMut(u64, String)>(
 enum Line<'a> {
     Text(&'a [u8]),
     TooLong,
+}
+
+impl Line<'_> {
+    /// Bytes of input the line took (a line too long was read up to the bound, then
+    /// skipped to its end; the bound is close enough for progress).
+    fn len(&self) -> usize {
+        match self {
+            Line::Text(bytes) => bytes.len(),
+            Line::TooLong => MAX_LINE,
+        }
+    }
 }
 
 /// Reads one line without ever holding more than [`MAX_LINE`] bytes of it.

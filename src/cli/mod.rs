@@ -8,6 +8,7 @@ mod guard;
 mod import;
 mod keys;
 mod migrate;
+mod progress;
 mod recheck;
 mod run;
 mod simulate;

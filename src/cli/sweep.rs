@@ -1,5 +1,6 @@
 //! `sweep [--supplier S] [--dry-run]`: one pass over every credential due when it starts.
 
+use super::progress::{Progress, Unit};
 use super::{CliError, supplier_arg};
 use crate::config::Settings;
 use crate::model::Supplier;
@@ -40,7 +41,13 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<(), CliError> {
     let (trigger, stop) = shutdown::channel();
     shutdown::on_signals(trigger);
     let request = SweepRequest { supplier: args.supplier, dry_run: args.dry_run, trigger: Trigger::Command };
+    let due = crate::store::claims::count_due(&engine.pool, &engine.suppliers_for(&request), engine.clock.now())
+        .await
+        .ok()
+        .map(|n| n.max(0) as u64);
+    let progress = Progress::start("sweep", Unit::Checks, due, engine.progress.clone());
     let report = engine.sweep(request, stop).await;
+    progress.finish().await;
     engine.safety.deregister().await;
     let report = report?;
     if !args.dry_run {

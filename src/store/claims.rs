@@ -142,6 +142,22 @@ pub async fn claim_priority(
         .collect())
 }
 
+/// How many of `suppliers`' credentials are due at `due_by` (for progress displays).
+pub async fn count_due(pool: &PgPool, suppliers: &[Supplier], due_by: DateTime<Utc>) -> sqlx::Result<i64> {
+    let names: Vec<String> = suppliers.iter().map(|s| s.as_str().to_owned()).collect();
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "due!"
+          FROM im1_credentials
+         WHERE supplier = ANY($1) AND status <> 'unsupported' AND next_check_at <= $2
+        "#,
+        &names,
+        due_by,
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Reads due credentials without claiming them, for `sweep --dry-run`: keyset pages in
 /// (next_check_at, user_id) order after `after`.
 pub async fn peek_due(

@@ -217,3 +217,51 @@ fn the_dashboard_has_a_fixed_uid_a_datasource_variable_and_aggregates_correctly(
         }
     }
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn sweep_draws_a_progress_bar_on_a_terminal_and_plain_lines_otherwise(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    // Slow enough answers that the bar is drawn at least once.
+    for i in 0..4 {
+        let token = format!("slow-{i}");
+        app.sim.script(
+            &token,
+            vec![im1_revalidator::simulator::Step::new(im1_revalidator::simulator::Behaviour::Valid).delayed(400)],
+        );
+        app.import(&[emis_line(&format!("u{i}"), &token)]).await;
+    }
+    let env = [
+        ("DATABASE_URL", database_url(&pool)),
+        ("IM1_ENCRYPTION_KEYS", KEY_A.to_owned()),
+        ("IM1_EMIS_URL", app.running.emis_url()),
+        ("IM1_EMIS_APPLICATION_ID", "app".to_owned()),
+        ("IM1_CONCURRENCY", "1".to_owned()),
+        ("TERM", "xterm".to_owned()),
+    ];
+    // On a terminal (a pseudo-terminal from `script`): the bar, redrawn in place.
+    let bin = BIN.to_owned();
+    let tty_env = env.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &format!("{bin} sweep"), "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(tty_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux) runs")
+    })
+    .await
+    .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    assert!(terminal.contains("\r\x1b[2Ksweep ["), "no bar on a terminal: {terminal:?}");
+    assert!(terminal.contains(" of 4 ("), "{terminal:?}");
+
+    // Piped: no control characters at all.
+    im1_revalidator::store::status::recheck(&pool, &Default::default(), chrono::Utc::now()).await.unwrap();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let (code, stdout, stderr) = outcome(&run_binary(&["sweep"], env, String::new()).await);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'), "{stdout}{stderr}");
+}
