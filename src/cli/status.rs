@@ -128,7 +128,7 @@ fn status_colour(header: &str, cell: &str) -> Option<&'static str> {
 /// The aligned tables; `colour` adds ANSI colours (only for a terminal).
 pub fn render(report: &Report, colour: bool) -> String {
     let table = |rows: &[Vec<String>]| {
-        if colour { table_styled(rows, |header, cell| status_colour(header, cell)) } else { table(rows) }
+        if colour { table_styled(rows, status_colour) } else { table(rows) }
     };
     let mut out = String::new();
     let headers = ["supplier", "unchecked", "valid", "invalid", "unsupported", "refresh required", "configured"];

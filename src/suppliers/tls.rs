@@ -99,6 +99,10 @@ pub fn client(settings: &Settings, s: &SupplierSettings) -> Result<reqwest::Clie
         .connect_timeout(settings.http_timeout)
         .pool_max_idle_per_host(settings.concurrency)
         .tcp_nodelay(true)
+        // Never follow a redirect: the request body carries the token, and a followed 307
+        // would send it to whatever host the answer names (http included). A 3xx is an
+        // unlisted answer, so transient.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("im1-revalidator/", env!("CARGO_PKG_VERSION")));
     if let Some(identity) = material.identity {
         builder = builder.identity(identity);

@@ -221,3 +221,42 @@ fn debug_of_every_token_bearing_type_is_redacted() {
     let opened = keys.decrypt("u", &sealed).unwrap();
     assert_clean("decrypted plaintext", &format!("{opened:?}"));
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_redirect_is_never_followed_so_the_token_goes_nowhere_else(pool: PgPool) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let app = spawn_app(pool).await;
+    // Anything that answers in the supplier's place with a redirect to a host of its own.
+    let stolen = Arc::new(AtomicU64::new(0));
+    let thief = {
+        let stolen = stolen.clone();
+        axum::Router::new().fallback(move || {
+            let stolen = stolen.clone();
+            async move {
+                stolen.fetch_add(1, Ordering::Relaxed);
+                "thanks"
+            }
+        })
+    };
+    let thief_listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let thief_addr = thief_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(thief_listener, thief).await });
+    let redirector = axum::Router::new().fallback(move || async move {
+        (
+            axum::http::StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, format!("http://{thief_addr}/collect"))],
+        )
+    });
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirector).await });
+
+    app.import(&[emis_line("u1", "SECRET-RX-REDIRECTED")]).await;
+    let mut vars = app.vars.clone();
+    vars.insert("IM1_EMIS_URL".into(), format!("http://{addr}/emis"));
+    let report = sweep_with(&app.engine_with(&vars)).await;
+    assert_eq!(report.outcomes.get("transient"), Some(&1), "{report:?}");
+    assert_eq!(stolen.load(Ordering::Relaxed), 0, "the redirect was followed: the token went to another host");
+    assert_eq!(app.row("u1").await.status, "unchecked");
+}
