@@ -10,6 +10,7 @@ mod guard;
 mod helpers;
 mod import;
 mod lifecycle;
+mod roles;
 mod safety;
 mod simulator_control;
 mod sweep;
