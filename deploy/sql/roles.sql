@@ -3,9 +3,11 @@
 -- Two roles besides the database owner:
 --
 --   im1_worker  the service itself: `run`, `sweep`, `credentials import`, `recheck`,
---               `status`, `guard`, `credentials canary`, `check-config` and `keys`. Reads
---               and writes exactly the tables those commands' SQL (src/store/) touches;
---               owns nothing, cannot change the schema, cannot rewrite the audit trail.
+--               `status`, `guard`, `credentials canary`, `check-config` and `keys`
+--               (in the contract, not yet built: re-encryption needs only the SELECT and
+--               UPDATE on im1_credentials below). Reads and writes exactly the tables
+--               those commands' SQL (src/store/) touches; owns nothing, cannot change the
+--               schema, cannot rewrite the audit trail.
 --   im1_reader  RP backends: SELECT on the status view `im1_credential_status`, nothing
 --               else. Never the credentials table (its ciphertexts), never the events.
 --
@@ -145,7 +147,8 @@ REVOKE ALL ON TABLE
 --   INSERT  import and the API's PUT (INSERT ... ON CONFLICT DO UPDATE, import.rs)
 --   UPDATE  claim/lease/fence, write-back, extend/release leases (claims.rs), recheck
 --           (status.rs), priority requests (priority.rs), refresh outcome (credentials.rs),
---           guard release's fence bump (guard.rs), `keys rotate`'s re-encryption
+--           guard release's fence bump (guard.rs), and `keys rotate`'s re-encryption
+--           when it is built
 --   DELETE  erasure, DELETE /v1/credentials/{user} (credentials.rs); the canary mark and
 --           held verdict go with it by ON DELETE CASCADE
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE im1_credentials TO im1_worker;
