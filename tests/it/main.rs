@@ -13,6 +13,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod redaction;
+mod roles;
 mod safety;
 mod simulator_control;
 mod sweep;
