@@ -4,8 +4,8 @@
 --
 --   im1_worker  the service itself: `run`, `sweep`, `credentials import`, `recheck`,
 --               `status`, `guard`, `credentials canary`, `check-config` and `keys`
---               (in the contract, not yet built: re-encryption needs only the SELECT and
---               UPDATE on im1_credentials below). Reads and writes exactly the tables
+--               (re-encryption needs only the SELECT and UPDATE on im1_credentials
+--               below). Reads and writes exactly the tables
 --               those commands' SQL (src/store/) touches; owns nothing, cannot change the
 --               schema, cannot rewrite the audit trail.
 --   im1_reader  RP backends: SELECT on the status view `im1_credential_status`, nothing

@@ -337,6 +337,12 @@ async fn the_worker_runs_import_sweep_guard_and_canaries_through_the_binary(pool
     assert_eq!(status["suppliers"]["emis"]["refresh_required"], 4, "{status}");
     worker_ok(&["check-config"], &env, "").await;
     worker_ok(&["credentials", "canary", "remove", "good1"], &env, "").await;
+    // Key rotation: a new primary key, the old one kept to decrypt.
+    let rotated = with(&env, &[("IM1_ENCRYPTION_KEYS", &format!("{KEY_B},{KEY_A}"))]);
+    assert!(worker_ok(&["keys", "status"], &rotated, "").await.contains('a'));
+    worker_ok(&["keys", "rotate"], &rotated, "").await;
+    let left = count(&pool, "SELECT count(*) FROM im1_credentials WHERE key_id <> 'b'").await;
+    assert_eq!(left, 0, "every token re-encrypted by the worker");
 
     let sweeps = count(&pool, "SELECT count(*) FROM im1_sweeps WHERE succeeded").await;
     assert_eq!(sweeps, 3, "every sweep recorded itself");
