@@ -174,7 +174,7 @@ async fn run_sweeps_on_schedule_serves_admin_and_stops_on_sigterm(pool: PgPool) 
     let app = spawn_app(pool.clone()).await;
     app.sim.script("SECRET-RUN-REVOKED", steps(&["not_registered"]));
     app.import(&[emis_line("u1", "SECRET-RUN-OK"), emis_line("u2", "SECRET-RUN-REVOKED")]).await;
-    let (port, mut child) = spawn_run(&pool, &app, "* * * * * *");
+    let (port, child) = spawn_run(&pool, &app, "* * * * * *");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for_status(&client, &format!("{base}/healthz"), 200).await;
@@ -199,15 +199,7 @@ async fn run_sweeps_on_schedule_serves_admin_and_stops_on_sigterm(pool: PgPool) 
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
     assert!(!metrics.contains("u1") && !metrics.contains("A81001"), "no user id or ODS code as a label");
-    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let out = tokio::task::spawn_blocking(move || {
-        let _ = child.stdin.take();
-        child.wait_with_output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let out = stop_run(child).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
@@ -232,7 +224,7 @@ async fn readyz_fails_before_migrations(pool: PgPool) {
 async fn run_without_a_schedule_still_serves_priority_checks(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.import(&[emis_line("u1", "guid-prio")]).await;
-    let (port, mut child) = spawn_run(&pool, &app, "off");
+    let (port, child) = spawn_run(&pool, &app, "off");
     let client = reqwest::Client::new();
     wait_for_status(&client, &format!("http://127.0.0.1:{port}/readyz"), 200).await;
     assert_eq!(app.sim.token_calls("guid-prio"), 0, "no schedule, no sweep");
@@ -246,8 +238,7 @@ async fn run_without_a_schedule_still_serves_priority_checks(pool: PgPool) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
+    stop_run(child).await;
     assert!(served, "the priority request was never served");
     assert_eq!(app.sim.token_calls("guid-prio"), 1);
     let row = im1_revalidator::store::status::row(&pool, "u1").await.unwrap().unwrap();

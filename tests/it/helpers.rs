@@ -285,3 +285,28 @@ pub async fn wait_for_status(client: &reqwest::Client, url: &str, want: u16) -> 
     }
     panic!("{url} never answered {want}");
 }
+
+/// The binary's environment for this test's database (`url`) and simulator (EMIS), plus
+/// `extra` (later entries win).
+pub fn binary_env(url: String, app: &TestApp, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), url),
+        ("IM1_ENCRYPTION_KEYS".into(), KEY_A.into()),
+        ("IM1_EMIS_URL".into(), app.running.emis_url()),
+        ("IM1_EMIS_APPLICATION_ID".into(), "app".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Sends SIGTERM to a `run` process and waits for it to exit, off the async runtime.
+pub async fn stop_run(mut child: std::process::Child) -> std::process::Output {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    tokio::task::spawn_blocking(move || {
+        let _ = child.stdin.take();
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}

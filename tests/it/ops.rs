@@ -83,7 +83,7 @@ async fn real_metrics_pass_promtool_and_cover_every_alert_query(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let (port, mut child) = spawn_run(&pool, &app, "* * * * * *");
+    let (port, child) = spawn_run(&pool, &app, "* * * * * *");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let mut metrics = String::new();
@@ -105,8 +105,7 @@ async fn real_metrics_pass_promtool_and_cover_every_alert_query(pool: PgPool) {
     let open = open.text().await.unwrap();
     assert!(open.ends_with("# EOF\n") && open.contains("# TYPE im1_checks counter"), "{open}");
     assert!(!metrics.contains("# EOF") && metrics.contains("# TYPE im1_checks_total counter"));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    stop_run(child).await;
 
     let (ok, out) = promtool(&["check", "metrics"], Some(&metrics));
     assert!(ok, "promtool check metrics: {out}\n{metrics}");

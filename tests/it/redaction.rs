@@ -57,22 +57,20 @@ async fn no_command_api_path_table_or_metric_ever_shows_a_token(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.sim.script("SECRET-RX-EMIS-REVOKED", steps(&["not_registered"]));
     app.sim.script("SECRET-RX-EMIS-DOWN", steps(&["server_error"]));
-    let env: Vec<(String, String)> = [
-        ("DATABASE_URL", database_url(&pool)),
-        ("IM1_ENCRYPTION_KEYS", KEY_A.to_owned()),
-        ("IM1_EMIS_URL", app.running.emis_url()),
-        ("IM1_EMIS_APPLICATION_ID", "app".to_owned()),
-        ("IM1_TPP_URL", app.running.tpp_url()),
-        ("IM1_TPP_PROVIDER_ID", "provider".to_owned()),
-        ("IM1_VISION_URL", app.running.vision_url()),
-        ("IM1_VISION_PROVIDER_ID", "provider".to_owned()),
-        ("IM1_CONFIRM_AFTER", "0s".to_owned()),
-        ("IM1_API_TOKENS", "SECRET-RX-BEARER".to_owned()),
-        ("RUST_LOG", "debug".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let (tpp, vision) = (app.running.tpp_url(), app.running.vision_url());
+    let env = binary_env(
+        database_url(&pool),
+        &app,
+        &[
+            ("IM1_TPP_URL", &tpp),
+            ("IM1_TPP_PROVIDER_ID", "provider"),
+            ("IM1_VISION_URL", &vision),
+            ("IM1_VISION_PROVIDER_ID", "provider"),
+            ("IM1_CONFIRM_AFTER", "0s"),
+            ("IM1_API_TOKENS", "SECRET-RX-BEARER"),
+            ("RUST_LOG", "debug"),
+        ],
+    );
 
     let mut transcript = String::new();
     let mut command = async |args: &[&str], stdin: String, want: i32| {
@@ -165,9 +163,7 @@ async fn no_command_api_path_table_or_metric_ever_shows_a_token(pool: PgPool) {
         assert_eq!(status, want, "{method} {path}: {text}");
         assert_clean(&format!("{method} {path}"), &text);
     }
-    let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let out = stop_run(child).await;
     let (code, stdout, stderr) = outcome(&out);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("DEBUG") || stderr.contains("\"level\":\"DEBUG\""), "debug logs were on: {stderr}");

@@ -56,18 +56,11 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 /// The binary's environment as `im1_worker`, pointed at this test's simulator.
 fn worker_env(pool: &PgPool, app: &TestApp) -> Vec<(String, String)> {
-    [
-        ("DATABASE_URL", url_as(pool, "im1_worker")),
-        ("IM1_ENCRYPTION_KEYS", KEY_A.to_owned()),
-        ("IM1_EMIS_URL", app.running.emis_url()),
-        ("IM1_EMIS_APPLICATION_ID", "app".to_owned()),
-        ("IM1_CONFIRM_AFTER", "0s".to_owned()),
-        ("IM1_RETRY_ATTEMPTS", "0".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    binary_env(
+        url_as(pool, "im1_worker"),
+        app,
+        &[("IM1_CONFIRM_AFTER", "0s"), ("IM1_RETRY_ATTEMPTS", "0"), ("RUST_LOG", "info")],
+    )
 }
 
 fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -369,7 +362,7 @@ async fn the_worker_serves_the_api_from_run(pool: PgPool) {
     for (k, v) in worker_env(&pool, &app) {
         cmd.env(k, v);
     }
-    let mut child = cmd
+    let child = cmd
         .env("IM1_SCHEDULE", "off")
         .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{port}"))
         .env("IM1_API_TOKENS", "api-token")
@@ -417,14 +410,7 @@ async fn the_worker_serves_the_api_from_run(pool: PgPool) {
     let after = api(reqwest::Method::GET, "gone").send().await.map(|r| r.status().as_u16());
     let live = count(&pool, "SELECT count(*) FROM im1_processes").await;
 
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let out = tokio::task::spawn_blocking(move || {
-        let _ = child.stdin.take();
-        child.wait_with_output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let out = stop_run(child).await;
     let (code, stdout, stderr) = outcome(&out);
     assert!(ready, "run as im1_worker never became ready:\n{stderr}");
     assert_eq!(code, 0, "{stderr}");

@@ -497,20 +497,17 @@ async fn two_processes_together_stay_within_the_shared_rate_limit(pool: PgPool) 
 async fn a_sweep_process_joining_another_shares_the_rate_limit(pool: PgPool) {
     let app = spawn_app(pool).await;
     import_emis(&app, &scripted("u", 150, Behaviour::Valid)).await;
-    let env: Vec<(String, String)> = [
-        ("DATABASE_URL", database_url(&app.pool)),
-        ("IM1_ENCRYPTION_KEYS", KEY_A.to_owned()),
-        ("IM1_EMIS_URL", app.running.emis_url()),
-        ("IM1_EMIS_APPLICATION_ID", "test-app".to_owned()),
-        ("IM1_EMIS_RATE", "20".to_owned()),
-        ("IM1_EMIS_BURST", "4".to_owned()),
-        // Few rows claimed ahead, so the one that joins later finds work left.
-        ("IM1_CONCURRENCY", "4".to_owned()),
-        ("IM1_BATCH_SIZE", "2".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = binary_env(
+        database_url(&app.pool),
+        &app,
+        &[
+            ("IM1_EMIS_RATE", "20"),
+            ("IM1_EMIS_BURST", "4"),
+            // Few rows claimed ahead, so the one that joins later finds work left.
+            ("IM1_CONCURRENCY", "4"),
+            ("IM1_BATCH_SIZE", "2"),
+        ],
+    );
     // One starts alone at the whole rate; the other joins while it is sweeping.
     let first = tokio::spawn(run_binary(&["sweep", "--json"], env.clone(), String::new()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
