@@ -104,6 +104,12 @@ pub enum Observation {
         kind: LastOutcome,
         retry_after: Option<Duration>,
     },
+    /// No call was made because our own circuit breaker stopped it: `skipped`, no verdict,
+    /// and no backoff growth either (the supplier's trouble is the breaker's business, not
+    /// this credential's): due again after `retry_after` (never sooner; jitter only adds).
+    Deferred {
+        retry_after: Duration,
+    },
 }
 
 /// The next standing, when to check again, and what must be recorded about the change.
@@ -190,6 +196,14 @@ pub fn decide(old: &Standing, observation: &Observation, now: DateTime<Utc>, rul
                 next = next.max(now + delta(*after));
             }
             // A pending strike is confirmed no sooner than its window allows.
+            if let Some(at) = old.strike_at {
+                next = next.max(at + delta(rules.confirm_after));
+            }
+            next_check_at = next;
+        }
+        Observation::Deferred { retry_after } => {
+            new.last_outcome = Some(LastOutcome::Skipped);
+            let mut next = now + jittered(*retry_after, jitter.abs());
             if let Some(at) = old.strike_at {
                 next = next.max(at + delta(rules.confirm_after));
             }

@@ -234,3 +234,20 @@ fn reported_refresh_failures_count_and_exhaust() {
     assert_eq!(s.reason, Some(Reason::RefreshExhausted));
     assert!(!s.refresh_required);
 }
+
+#[test]
+fn a_deferred_check_keeps_its_failures_and_is_due_when_the_breaker_allows() {
+    let mut s = Standing::unchecked();
+    s.failures = 3;
+    s.last_checked_at = Some(t0());
+    let obs = Observation::Deferred { retry_after: Duration::from_secs(40) };
+    for jitter in [-1.0, 0.0, 1.0] {
+        let d = decide(&s, &obs, t0(), &rules(), jitter);
+        assert_eq!(d.standing.failures, 3, "no backoff growth");
+        assert_eq!(d.standing.last_outcome, Some(LastOutcome::Skipped));
+        assert_eq!(d.standing.last_checked_at, Some(t0()), "no check was made");
+        assert_eq!(d.standing.status, s.status);
+        assert!(d.next_check_at >= t0() + chrono::TimeDelta::seconds(40), "never sooner than the breaker allows");
+        assert!(d.next_check_at <= t0() + chrono::TimeDelta::seconds(44));
+    }
+}

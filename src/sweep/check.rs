@@ -22,6 +22,9 @@ use crate::store::claims::{Claimed, Verdict};
 use crate::suppliers::{Adapter, Answer, CheckTarget, Evidence, Outcome};
 use crate::token::Token;
 
+/// How long a check turned away by a half-open breaker (its probe is out) waits.
+const HALF_OPEN_RETRY: Duration = Duration::from_secs(5);
+
 /// A finished check, on its way to the writer.
 #[derive(Debug)]
 pub enum Done {
@@ -138,7 +141,11 @@ impl Context {
         }
         let admission = self.safety.admit(supplier);
         if let Admission::Skip { why, retry_after } = admission {
-            return self.skipped(row, why, retry_after);
+            // The breaker's skip: due again once it lets calls through, with no backoff
+            // growth, so a recovered supplier's credentials are not pushed out further.
+            self.metrics.skipped(supplier, why);
+            let observation = Observation::Deferred { retry_after: retry_after.unwrap_or(HALF_OPEN_RETRY) };
+            return self.decided(row, &observation, Evidence::detail(why), None);
         }
         let probe = admission == Admission::Probe;
         let Some(adapter) = self.adapters.get(&supplier) else {
