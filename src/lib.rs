@@ -29,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod defects;
 pub mod keys;
 pub mod metrics;
 pub mod model;

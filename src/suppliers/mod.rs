@@ -102,6 +102,9 @@ impl Evidence {
 /// (the wire doc's rule for every supplier), ignored elsewhere.
 pub(crate) fn transient_for(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {
+        503 if crate::defects::planted(crate::defects::Defect::ServiceUnavailableIsInvalid) => {
+            Outcome::Invalid(Reason::TokenRejected)
+        }
         429 | 503 => Outcome::Transient { retry_after },
         _ => Outcome::transient(),
     }

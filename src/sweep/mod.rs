@@ -355,8 +355,22 @@ impl Engine {
                         found.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
                     })
                 } else {
-                    store::claims::claim(&self.pool, supplier, due_by, now, lease_until, self.process_id, limit as i64)
-                        .await
+                    // A planted defect (debug builds only) makes every lease look expired.
+                    let leases_seen_at = if crate::defects::planted(crate::defects::Defect::IgnoreLeases) {
+                        now + TimeDelta::days(3650)
+                    } else {
+                        now
+                    };
+                    store::claims::claim(
+                        &self.pool,
+                        supplier,
+                        due_by,
+                        leases_seen_at,
+                        lease_until,
+                        self.process_id,
+                        limit as i64,
+                    )
+                    .await
                 };
                 match regular {
                     Ok(regular) => {

@@ -89,10 +89,35 @@ impl Scenario {
 
 type Failure = String;
 
+/// Each scenario the suite proves it can fail, with the defect it must catch.
+const PROOFS: [(Scenario, &str); 2] = [(Scenario::Kill, "ignore-leases"), (Scenario::Outage, "503-is-invalid")];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--run") {
-        println!("chaos: run with `cargo test --test chaos -- --run [--scenario NAME]...`");
+    if !args.iter().any(|a| a == "--run" || a == "--prove") {
+        println!("chaos: run with `cargo test --test chaos -- --run [--scenario NAME]... | --prove`");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if args.iter().any(|a| a == "--prove") {
+        // The suite can fail: with a defect planted (debug builds only), the scenario must
+        // report a breach.
+        let mut missed = false;
+        for (scenario, defect) in PROOFS {
+            match runtime.block_on(run_scenario(scenario, Some(defect))) {
+                Err(breaches) => {
+                    println!("chaos {} with {defect} planted: caught ({})", scenario.name(), breaches[0]);
+                }
+                Ok(report) => {
+                    missed = true;
+                    println!("chaos {} with {defect} planted: NOT CAUGHT ({report})", scenario.name());
+                }
+            }
+        }
+        if missed {
+            std::process::exit(1);
+        }
         return;
     }
     let chosen: Vec<Scenario> = args
@@ -101,12 +126,10 @@ fn main() {
         .filter_map(|w| Scenario::ALL.into_iter().find(|s| s.name() == w[1]))
         .collect();
     let scenarios = if chosen.is_empty() { Scenario::ALL.to_vec() } else { chosen };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let mut failed = false;
     for scenario in scenarios {
         let started = Instant::now();
-        match runtime.block_on(run_scenario(scenario)) {
+        match runtime.block_on(run_scenario(scenario, None)) {
             Ok(report) => println!("chaos {}: ok in {:.0?} ({report})", scenario.name(), started.elapsed()),
             Err(breaches) => {
                 failed = true;
@@ -132,6 +155,8 @@ struct World {
     logs: std::path::PathBuf,
     http: reqwest::Client,
     kills: u64,
+    /// A planted defect for the workers (`CHAOS_PLANTED_DEFECT`), when proving the suite.
+    defect: Option<&'static str>,
 }
 
 fn free_port() -> u16 {
@@ -169,7 +194,18 @@ impl World {
             .spawn()
             .expect("the simulator starts");
         let http = reqwest::Client::new();
-        let world = World { admin_url, db_name, db_url, sim_port, sim, workers: Vec::new(), logs, http, kills: 0 };
+        let world = World {
+            admin_url,
+            db_name,
+            db_url,
+            sim_port,
+            sim,
+            workers: Vec::new(),
+            logs,
+            http,
+            kills: 0,
+            defect: None,
+        };
         world.wait_for_simulator().await;
         world.command(&["migrate"], "").expect("migrate");
         world
@@ -250,6 +286,7 @@ impl World {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env())
             .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .envs(self.defect.map(|d| ("CHAOS_PLANTED_DEFECT", d)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -322,8 +359,9 @@ impl World {
     }
 }
 
-async fn run_scenario(scenario: Scenario) -> Result<String, Vec<Failure>> {
+async fn run_scenario(scenario: Scenario, defect: Option<&'static str>) -> Result<String, Vec<Failure>> {
     let mut world = World::new(scenario).await;
+    world.defect = defect;
     let truths = world.seed().await;
     for slot in 0..WORKERS {
         world.start_worker(slot);
