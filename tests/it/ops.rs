@@ -89,7 +89,11 @@ async fn real_metrics_pass_promtool_and_cover_every_alert_query(pool: PgPool) {
     let mut metrics = String::new();
     for _ in 0..400 {
         metrics = wait_for_status(&client, &url, 200).await;
-        if metrics.contains("im1_rows_skipped_total{") && metrics.contains("im1_check_duration_seconds_bucket{") {
+        // Until a whole sweep has finished: every family then has its series.
+        if ["im1_rows_skipped_total{", "im1_check_duration_seconds_bucket{", "im1_sweeps_total{"]
+            .iter()
+            .all(|name| metrics.contains(name))
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
