@@ -49,6 +49,19 @@ fn truth(i: usize) -> Truth {
     }
 }
 
+/// How the simulator answers a token of this truth when nothing is wrong.
+fn truth_script(t: Truth) -> serde_json::Value {
+    match t {
+        Truth::Valid => serde_json::json!(["valid"]),
+        Truth::Revoked => serde_json::json!(["not_registered"]),
+        Truth::Flaky => serde_json::json!(["server_error", "valid"]),
+    }
+}
+
+fn token(i: usize) -> String {
+    format!("chaos-token-{i:04}")
+}
+
 /// Supplier calls a credential needs when nothing goes wrong: valid one, revoked two (a
 /// strike, then the confirmation), flaky two (a 500 retried inside the check).
 fn expected_calls(t: Truth) -> u64 {
@@ -66,6 +79,13 @@ enum Scenario {
     Outage,
     /// The supplier accepts connections and never answers, then recovers.
     Hang,
+    /// Every answer a 429 with Retry-After for a while (a retry storm).
+    Storm,
+    /// Every answer slow (but within the request timeout) for a while.
+    Slow,
+    /// Another client holds every connection the server allows while the workers' own are
+    /// cut.
+    PoolExhaustion,
     /// Every backend of the database is terminated every second for a while.
     TerminateBackends,
     /// SIGTERM each worker in turn mid-sweep and start it again (a rolling restart).
@@ -73,14 +93,25 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] =
-        [Scenario::Kill, Scenario::Outage, Scenario::Hang, Scenario::TerminateBackends, Scenario::RollingRestart];
+    const ALL: [Scenario; 8] = [
+        Scenario::Kill,
+        Scenario::Outage,
+        Scenario::Hang,
+        Scenario::Storm,
+        Scenario::Slow,
+        Scenario::PoolExhaustion,
+        Scenario::TerminateBackends,
+        Scenario::RollingRestart,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Scenario::Kill => "kill",
             Scenario::Outage => "outage",
             Scenario::Hang => "hang",
+            Scenario::Storm => "storm",
+            Scenario::Slow => "slow",
+            Scenario::PoolExhaustion => "pool-exhaustion",
             Scenario::TerminateBackends => "terminate-backends",
             Scenario::RollingRestart => "rolling-restart",
         }
@@ -320,14 +351,9 @@ impl World {
         let mut truths = HashMap::new();
         for i in 0..POPULATION {
             let user = format!("user-{i:04}");
-            let token = format!("chaos-token-{i:04}");
+            let token = token(i);
             let t = truth(i);
-            let script = match t {
-                Truth::Valid => serde_json::json!(["valid"]),
-                Truth::Revoked => serde_json::json!(["not_registered"]),
-                Truth::Flaky => serde_json::json!(["server_error", "valid"]),
-            };
-            self.script(&token, &script).await;
+            self.script(&token, &truth_script(t)).await;
             file.push_str(
                 &serde_json::json!({"user_id": user, "supplier": "emis", "ods_code": "A81001",
                                     "token": {"access_identity_guid": token}})
@@ -406,24 +432,56 @@ async fn inject(world: &mut World, scenario: Scenario) {
             world.http.delete(world.sim_url("/_sim/outage/emis")).send().await.unwrap();
         }
         Scenario::Hang => {
+            // A third of the tokens' answers never come (the supplier accepts the
+            // connection and holds it), then everything answers as before.
             sleep(500).await;
-            // A third of the tokens hang (the supplier accepts and never answers), then
-            // answer as before.
-            let tokens: Vec<String> = (0..POPULATION).map(|i| format!("chaos-token-{i:04}")).collect();
-            let mut saved = Vec::new();
-            for t in tokens.iter().take(POPULATION / 3) {
-                world.script(t, &serde_json::json!(["hang"])).await;
-                saved.push(t.clone());
+            answer_for(world, POPULATION / 3, |_| serde_json::json!(["hang"]), 6000).await;
+        }
+        Scenario::Storm => {
+            // Every answer is a 429 with Retry-After: 1.
+            sleep(500).await;
+            let storm = |_| serde_json::json!([{"behaviour": "rate_limited", "retry_after_secs": 1}]);
+            answer_for(world, POPULATION, storm, 6000).await;
+        }
+        Scenario::Slow => {
+            // Every answer takes 850 ms with the simulator's own latency (under the 1 s request
+            // timeout), whatever it says.
+            sleep(500).await;
+            let slow = |t| {
+                let steps = truth_script(t);
+                let steps: Vec<serde_json::Value> = steps
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| serde_json::json!({"behaviour": b, "delay_ms": 600}))
+                    .collect();
+                serde_json::Value::from(steps)
+            };
+            answer_for(world, POPULATION, slow, 8000).await;
+        }
+        Scenario::PoolExhaustion => {
+            // Another client takes every connection the server will give, while the
+            // workers' own connections are cut, so they must wait to reconnect.
+            sleep(500).await;
+            let mut hogs = Vec::new();
+            while hogs.len() < 300 {
+                match PgConnection::connect(&world.db_url).await {
+                    Ok(c) => hogs.push(c),
+                    Err(_) => break,
+                }
             }
-            sleep(6000).await;
-            for (i, t) in saved.iter().enumerate() {
-                let script = match truth(i) {
-                    Truth::Valid => serde_json::json!(["valid"]),
-                    Truth::Revoked => serde_json::json!(["not_registered"]),
-                    Truth::Flaky => serde_json::json!(["server_error", "valid"]),
-                };
-                world.script(t, &script).await;
+            let mut admin = PgConnection::connect(&world.admin_url).await.ok();
+            if let Some(admin) = admin.as_mut() {
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE datname = $1 AND application_name = 'im1-revalidator'",
+                )
+                .bind(&world.db_name)
+                .execute(admin)
+                .await;
             }
+            sleep(8000).await;
+            drop(hogs);
         }
         Scenario::TerminateBackends => {
             let mut admin = PgConnection::connect(&world.admin_url).await.unwrap();
@@ -445,6 +503,17 @@ async fn inject(world: &mut World, scenario: Scenario) {
                 world.start_worker(slot);
             }
         }
+    }
+}
+
+/// Scripts the first `n` tokens with `fault(truth)` for `ms`, then back to their truth.
+async fn answer_for(world: &World, n: usize, fault: impl Fn(Truth) -> serde_json::Value, ms: u64) {
+    for i in 0..n {
+        world.script(&token(i), &fault(truth(i))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    for i in 0..n {
+        world.script(&token(i), &truth_script(truth(i))).await;
     }
 }
 
@@ -561,7 +630,14 @@ async fn settle_and_check(
     // Duplicate checks are bounded by what killed processes held. Only where the supplier
     // answered throughout (an outage or a hang makes retries and rechecks legitimate).
     let mut excess = 0u64;
-    if matches!(scenario, Scenario::Kill | Scenario::RollingRestart | Scenario::TerminateBackends) {
+    if matches!(
+        scenario,
+        Scenario::Kill
+            | Scenario::RollingRestart
+            | Scenario::TerminateBackends
+            | Scenario::PoolExhaustion
+            | Scenario::Slow
+    ) {
         for (t, token) in truths.values() {
             let calls: serde_json::Value = world
                 .http
