@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
-use crate::store::safety::{self as shared, Counts, ProcessInfo, SupplierState, Windows};
+use crate::store::safety::{self as shared, BreakerMove, Counts, ProcessInfo, SupplierState, Windows};
 pub use rules::{Breaker, BreakerConfig, GuardConfig};
 pub use throttle::Throttle;
 
@@ -305,7 +305,14 @@ impl Safety {
             lock(&s.local).set_breaker(Breaker::Open { until });
             tracing::warn!(supplier = %supplier, "circuit breaker probe failed: open for another cool-off");
             if !self.read_only()
-                && let Err(e) = shared::open_breaker(&self.pool, supplier, "half_open", now, until, &evidence).await
+                && let Err(e) = shared::move_breaker(
+                    &self.pool,
+                    supplier,
+                    BreakerMove::Open { from: "half_open", until },
+                    now,
+                    Some(&evidence),
+                )
+                .await
             {
                 tracing::warn!(error = %e, supplier = %supplier, "could not record the breaker re-opening");
             }
@@ -319,7 +326,8 @@ impl Safety {
             }
             tracing::info!(supplier = %supplier, "circuit breaker probe answered: closed");
             if !self.read_only()
-                && let Err(e) = shared::close_breaker(&self.pool, supplier, now, &evidence).await
+                && let Err(e) =
+                    shared::move_breaker(&self.pool, supplier, BreakerMove::Close, now, Some(&evidence)).await
             {
                 tracing::warn!(error = %e, supplier = %supplier, "could not record the breaker closing");
             }
@@ -393,14 +401,22 @@ impl Safety {
                 Breaker::Closed if rules::breaker_trips(&self.config.breaker, &breaker_window) => {
                     let until = now + crate::sweep::delta(self.config.breaker.cooldown);
                     let evidence = rules::breaker_evidence(&breaker_window, &self.config.breaker);
-                    if shared::open_breaker(&self.pool, supplier, "closed", now, until, &evidence).await? {
+                    if shared::move_breaker(
+                        &self.pool,
+                        supplier,
+                        BreakerMove::Open { from: "closed", until },
+                        now,
+                        Some(&evidence),
+                    )
+                    .await?
+                    {
                         tracing::warn!(supplier = %supplier, evidence = %evidence, "circuit breaker opened: calls stop until the cool-off ends");
                         self.metrics.breaker_transition(supplier, "open");
                     }
                     breaker = Breaker::Open { until };
                 }
                 Breaker::Open { until } if now >= until => {
-                    if shared::half_open_breaker(&self.pool, supplier, now).await? {
+                    if shared::move_breaker(&self.pool, supplier, BreakerMove::HalfOpen, now, None).await? {
                         tracing::info!(supplier = %supplier, "circuit breaker half-open: a probe decides");
                         self.metrics.breaker_transition(supplier, "half_open");
                     }

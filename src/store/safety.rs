@@ -221,66 +221,46 @@ async fn sync_as(
     Ok(Synced { other_processes: others, suppliers })
 }
 
-/// Opens a closed (or re-opens a half-open) breaker until `until`. False when another
-/// process already moved it.
-pub async fn open_breaker(
+/// A breaker transition, made only from the state it expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerMove {
+    /// Closed (or a failed probe's half-open) to open until the cool-off ends.
+    Open { from: &'static str, until: DateTime<Utc> },
+    /// Open, cool-off over, to half-open: a probe decides.
+    HalfOpen,
+    /// Half-open to closed after a probe got a real answer; its window starts afresh.
+    Close,
+}
+
+/// Makes `transition` if the breaker is still where it expects (false when another
+/// process already moved it). `evidence` replaces the stored evidence when given.
+pub async fn move_breaker(
     pool: &PgPool,
     supplier: Supplier,
-    from_state: &str,
+    transition: BreakerMove,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
-    evidence: &serde_json::Value,
+    evidence: Option<&serde_json::Value>,
 ) -> sqlx::Result<bool> {
+    let (from, to, until) = match transition {
+        BreakerMove::Open { from, until } => (from, "open", Some(until)),
+        BreakerMove::HalfOpen => ("open", "half_open", None),
+        BreakerMove::Close => ("half_open", "closed", None),
+    };
     let done = sqlx::query!(
         r#"
         UPDATE im1_supplier_state
-           SET breaker_state = 'open', breaker_changed_at = $3, breaker_open_until = $4,
-               breaker_evidence = $5, updated_at = $3
+           SET breaker_state = $3, breaker_changed_at = $4, breaker_open_until = $5,
+               breaker_window_from = CASE WHEN $3 = 'closed' THEN $4 ELSE breaker_window_from END,
+               breaker_evidence = COALESCE($6, breaker_evidence), updated_at = $4
          WHERE supplier = $1 AND breaker_state = $2
+           -- Half-open only once the cool-off is over.
+           AND ($3 <> 'half_open' OR breaker_open_until <= $4)
         "#,
         supplier.as_str(),
-        from_state,
+        from,
+        to,
         now,
         until,
-        evidence,
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Moves an open breaker whose cool-off is over to half-open.
-pub async fn half_open_breaker(pool: &PgPool, supplier: Supplier, now: DateTime<Utc>) -> sqlx::Result<bool> {
-    let done = sqlx::query!(
-        r#"
-        UPDATE im1_supplier_state
-           SET breaker_state = 'half_open', breaker_changed_at = $2, updated_at = $2
-         WHERE supplier = $1 AND breaker_state = 'open' AND breaker_open_until <= $2
-        "#,
-        supplier.as_str(),
-        now,
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Closes a half-open breaker after a probe got a real answer; its window starts afresh.
-pub async fn close_breaker(
-    pool: &PgPool,
-    supplier: Supplier,
-    now: DateTime<Utc>,
-    evidence: &serde_json::Value,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query!(
-        r#"
-        UPDATE im1_supplier_state
-           SET breaker_state = 'closed', breaker_changed_at = $2, breaker_open_until = NULL,
-               breaker_window_from = $2, breaker_evidence = $3, updated_at = $2
-         WHERE supplier = $1 AND breaker_state = 'half_open'
-        "#,
-        supplier.as_str(),
-        now,
         evidence,
     )
     .execute(pool)
