@@ -31,7 +31,7 @@ pub mod tls;
 mod tpp;
 mod vision;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -92,8 +92,9 @@ struct Scripts {
 
 #[derive(Debug)]
 struct Inner {
-    /// Added before every supplier answer.
-    latency: Duration,
+    /// Milliseconds added before every supplier answer; changed at run time by
+    /// `PUT /_sim/latency` (a supplier that turns slow and recovers).
+    latency_ms: AtomicU64,
     /// Share of answers turned into 503s, already clamped to 0..=1.
     error_rate: f64,
     count_by_token: bool,
@@ -155,7 +156,7 @@ impl Simulator {
         let (release, _) = watch::channel(0);
         Simulator {
             inner: Arc::new(Inner {
-                latency: Duration::from_millis(scenario.latency_ms),
+                latency_ms: AtomicU64::new(scenario.latency_ms),
                 error_rate,
                 count_by_token: scenario.count_by_token,
                 scripts: RwLock::new(Scripts { default: scenario.default, by_token }),
@@ -228,6 +229,17 @@ impl Simulator {
         read(&self.inner.scripts).default
     }
 
+    /// The delay added before every supplier answer, in milliseconds.
+    pub fn latency_ms(&self) -> u64 {
+        self.inner.latency_ms.load(Ordering::Relaxed)
+    }
+
+    /// Sets the delay added before every supplier answer from now on (answers already
+    /// waiting keep theirs).
+    pub fn set_latency_ms(&self, latency_ms: u64) {
+        self.inner.latency_ms.store(latency_ms, Ordering::Relaxed);
+    }
+
     /// Starts or ends an outage: the supplier answers every call (EMIS, TPP or Vision,
     /// including TPP's Logoff) with a 503 without `Retry-After`.
     pub fn set_outage(&self, supplier: Supplier, on: bool) {
@@ -249,6 +261,12 @@ impl Simulator {
     /// whatever they were answered; 0 when `count_by_token` is off.
     pub fn token_calls(&self, token: &str) -> u64 {
         read(&self.inner.token_calls).get(token).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Check calls per token for every token called so far (empty when `count_by_token`
+    /// is off), for a test that accounts for a whole population in one request.
+    pub fn all_token_calls(&self) -> BTreeMap<String, u64> {
+        read(&self.inner.token_calls).iter().map(|(t, n)| (t.to_string(), n.load(Ordering::Relaxed))).collect()
     }
 
     /// Arrival times of the most recent requests (at most [`MAX_LOGGED_CALLS`]) on
@@ -326,7 +344,7 @@ impl Simulator {
     /// Waits the scenario's latency plus `extra_ms`. Returns `false` when released early
     /// by a shutdown.
     async fn pause(&self, extra_ms: u64) -> bool {
-        let wait = self.inner.latency.saturating_add(Duration::from_millis(extra_ms));
+        let wait = Duration::from_millis(self.latency_ms().saturating_add(extra_ms));
         if wait.is_zero() {
             return true;
         }
@@ -456,8 +474,10 @@ fn control_routes() -> Router<Simulator> {
         .route("/_sim/calls", get(get_calls))
         .route("/_sim/calls/{token}", get(get_token_calls))
         .route("/_sim/calls/log/{supplier}", get(get_call_log))
+        .route("/_sim/token-calls", get(get_all_token_calls))
         .route("/_sim/tokens/{token}", put(put_script).delete(delete_script))
         .route("/_sim/default", get(get_default).put(put_default))
+        .route("/_sim/latency", get(get_latency).put(put_latency))
         .route("/_sim/outage/{supplier}", post(start_outage).delete(end_outage))
         .route("/_sim/emis/expire-sessions", post(expire_sessions))
         .route("/_sim/reset", post(reset))
@@ -487,6 +507,10 @@ async fn get_calls(State(sim): State<Simulator>) -> axum::Json<CallCounts> {
 
 async fn get_token_calls(State(sim): State<Simulator>, Path(token): Path<String>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "calls": sim.token_calls(&token) }))
+}
+
+async fn get_all_token_calls(State(sim): State<Simulator>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "tokens": sim.all_token_calls() }))
 }
 
 /// The body of `GET /_sim/calls/log/{supplier}`.
@@ -526,6 +550,23 @@ async fn get_default(State(sim): State<Simulator>) -> axum::Json<Step> {
 
 async fn put_default(State(sim): State<Simulator>, body: Bytes) -> Result<StatusCode, ControlError> {
     sim.set_default_step(parse_body(&body)?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `GET|PUT /_sim/latency`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Latency {
+    latency_ms: u64,
+}
+
+async fn get_latency(State(sim): State<Simulator>) -> axum::Json<Latency> {
+    axum::Json(Latency { latency_ms: sim.latency_ms() })
+}
+
+async fn put_latency(State(sim): State<Simulator>, body: Bytes) -> Result<StatusCode, ControlError> {
+    let Latency { latency_ms } = parse_body(&body)?;
+    sim.set_latency_ms(latency_ms);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -93,6 +93,8 @@ async fn calls_are_counted_per_endpoint_and_token_and_reset() {
     assert_eq!(a, json!({"calls": 3}));
     let b = json_of(client.get(format!("{base}/_sim/calls/guid-b")).send().await.expect("sent")).await;
     assert_eq!(b, json!({"calls": 1}), "a rejected call still counts for its token");
+    let all = json_of(client.get(format!("{base}/_sim/token-calls")).send().await.expect("sent")).await;
+    assert_eq!(all, json!({"tokens": {"guid-a": 3, "guid-b": 1}}), "every token's count in one answer");
 
     let reset = client.post(format!("{base}/_sim/reset")).send().await.expect("sent");
     assert_eq!(reset.status(), StatusCode::NO_CONTENT);
@@ -100,6 +102,8 @@ async fn calls_are_counted_per_endpoint_and_token_and_reset() {
     assert_eq!(calls["emis"]["sessions"], 0);
     let a = json_of(client.get(format!("{base}/_sim/calls/guid-a")).send().await.expect("sent")).await;
     assert_eq!(a, json!({"calls": 0}));
+    let all = json_of(client.get(format!("{base}/_sim/token-calls")).send().await.expect("sent")).await;
+    assert_eq!(all, json!({"tokens": {}}));
     running.shutdown().await;
 }
 
@@ -296,6 +300,31 @@ async fn scenario_latency_injected_errors_and_token_counting() {
         .expect("sent");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().get("retry-after").is_none());
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_can_be_read_and_changed_while_serving() {
+    let (sim, running) = start(Scenario::from_json(r#"{"latency_ms": 40}"#).expect("scenario parses")).await;
+    let client = client();
+    let base = running.base_url();
+    let latency = json_of(client.get(format!("{base}/_sim/latency")).send().await.expect("sent")).await;
+    assert_eq!(latency, json!({"latency_ms": 40}));
+
+    let response = send_json(client.put(format!("{base}/_sim/latency")), json!({"latency_ms": 300})).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(sim.latency_ms(), 300);
+    let session = end_user_session(&client, &running).await;
+    let started = Instant::now();
+    let answer = emis_check(&client, &running, &session, "guid-slow").await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300), "the new latency applies: {:?}", started.elapsed());
+
+    for bad in [json!({"latency_ms": -1}), json!({"latency": 5}), json!("fast")] {
+        let response = send_json(client.put(format!("{base}/_sim/latency")), bad.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(sim.latency_ms(), 300, "a refused change changes nothing");
     running.shutdown().await;
 }
 
