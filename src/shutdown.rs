@@ -57,7 +57,13 @@ pub fn on_signals(trigger: Trigger) {
     tokio::spawn(async move {
         let (mut term, mut int) = (term, int);
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received: shutting down");
+                // A planted defect (debug builds only) skips the graceful path.
+                if crate::defects::planted(crate::defects::Defect::AbruptShutdown) {
+                    std::process::exit(0);
+                }
+            }
             _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
         }
         trigger.fire();

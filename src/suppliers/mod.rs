@@ -132,7 +132,15 @@ impl Answer {
     /// failure that says our own certificates or CA are wrong (a configuration error).
     /// Never a verdict.
     pub fn from_transport(err: &TransportError) -> Self {
-        let outcome = if err.is_configuration() { Outcome::SupplierConfigError } else { Outcome::transient() };
+        use crate::defects::{Defect, planted};
+        let outcome = match err {
+            _ if err.is_configuration() => Outcome::SupplierConfigError,
+            TransportError::Timeout if planted(Defect::TimeoutIsInvalid) => Outcome::Invalid(Reason::TokenRejected),
+            TransportError::Connect | TransportError::Other if planted(Defect::ResetIsInvalid) => {
+                Outcome::Invalid(Reason::TokenRejected)
+            }
+            _ => Outcome::transient(),
+        };
         Answer::new(outcome, Evidence::detail(err.detail()))
     }
 }

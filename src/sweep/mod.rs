@@ -504,6 +504,11 @@ async fn heartbeat(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let every = (lease / 3).max(Duration::from_millis(500));
+    // A planted defect (debug builds only) never extends a lease.
+    if crate::defects::planted(crate::defects::Defect::NoLeaseHeartbeat) {
+        let _ = stop.await;
+        return;
+    }
     loop {
         tokio::select! {
             _ = &mut stop => return,

@@ -114,6 +114,9 @@ pub async fn run(
         let request = SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Schedule };
         if let Err(e) = engine.sweep(request, shutdown.clone()).await {
             tracing::error!(error = format!("{e:#}"), "scheduled sweep failed; the next fire will try again");
+            if crate::defects::planted(crate::defects::Defect::ExitOnDatabaseError) {
+                std::process::exit(1);
+            }
         }
         ticker.abort();
         liveness.tick();
