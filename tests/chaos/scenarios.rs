@@ -256,18 +256,19 @@ async fn pg_restart(world: &mut World) {
     }
     world.cuts += 1;
     let down = Instant::now();
-    let mut lied = Vec::new();
+    // Worker slot → how many polls it answered 200.
+    let mut lied = std::collections::BTreeMap::<usize, u32>::new();
     while down.elapsed() < Duration::from_secs(6) {
         for (slot, answer) in world.readiness().await {
             if answer == Ok(200) {
-                lied.push(slot);
+                *lied.entry(slot).or_default() += 1;
             }
         }
         sleep(500).await;
     }
     if !lied.is_empty() {
-        lied.dedup();
-        world.breaches.push(format!("/readyz answered 200 with the database down (workers {lied:?})"));
+        let lied: Vec<String> = lied.iter().map(|(slot, n)| format!("worker {slot} {n} times")).collect();
+        world.breaches.push(format!("/readyz answered 200 with the database down ({})", lied.join(", ")));
     }
     if let Err(e) = world.cluster.start() {
         world.breaches.push(format!("could not start the suite's PostgreSQL again: {e}"));

@@ -403,20 +403,20 @@ pub async fn run(cluster: Arc<Cluster>, options: Options) -> bool {
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for s in &samples {
-        let db = s.db.clone().unwrap_or_default();
+        // The statistics are unreadable while the database is down or starved.
+        let db = s.db.as_ref().map_or_else(
+            || "– | – | – | –".to_owned(),
+            |db| format!("{:.0} | {} | {} | {}", mib(db.db_bytes), db.credentials_dead, db.events_live, db.events_dead),
+        );
         let _ = writeln!(
             out,
-            "| {:.1} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {:.1} | {:.0} | {:.0} | {} | {} | {} | {db} | {} |",
             s.at.as_secs_f64() / 60.0,
             s.checks_per_s,
             s.calls_per_s,
             ms(s.p50),
             ms(s.p99),
             s.live,
-            mib(db.db_bytes),
-            db.credentials_dead,
-            db.events_live,
-            db.events_dead,
             s.fault.map(|f| format!("{f:?}")).unwrap_or_default()
         );
     }
