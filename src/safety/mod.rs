@@ -49,7 +49,8 @@ pub const PROCESS_TTL: Duration = Duration::from_secs(10);
 pub enum Admission {
     /// Call the supplier.
     Call,
-    /// Call once, as the half-open breaker's probe: no retries; the answer decides.
+    /// Call once, as the half-open breaker's probe: no retries; the answer decides, and
+    /// must be reported with [`Safety::probe_result`].
     Probe,
     /// No call: the breaker is open (or half-open with its probe out).
     Skip { why: &'static str, retry_after: Option<Duration> },
@@ -64,8 +65,8 @@ struct Local {
     guard_window: Counts,
     breaker: Breaker,
     guard_held: bool,
-    /// Probes started in the current half-open period.
-    probes: u32,
+    /// When this process sent its probe in the current half-open period, if it has.
+    probe_sent: Option<DateTime<Utc>>,
 }
 
 impl Local {
@@ -76,14 +77,14 @@ impl Local {
             guard_window: Counts::default(),
             breaker: Breaker::Closed,
             guard_held: false,
-            probes: 0,
+            probe_sent: None,
         }
     }
 
     fn set_breaker(&mut self, breaker: Breaker) {
         if self.breaker != breaker {
             self.breaker = breaker;
-            self.probes = 0;
+            self.probe_sent = None;
         }
     }
 
@@ -108,6 +109,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Config {
     pub breaker: BreakerConfig,
     pub guard: GuardConfig,
+    /// How long a half-open probe may go unreported before this process sends another.
+    /// Every probe reports (its check ends within `IM1_CHECK_TIMEOUT` once the throttle
+    /// admits it); this only keeps a probe lost some other way, a check future dropped
+    /// say, from leaving the breaker half-open for good.
+    pub probe_lost_after: Duration,
 }
 
 impl Config {
@@ -120,6 +126,8 @@ impl Config {
                 window: s.breaker_window,
             },
             guard: GuardConfig { threshold: s.guard_threshold, min_checks: s.guard_min_checks, window: s.guard_window },
+            // The check's own timeout, and as long again for the throttle's queue before it.
+            probe_lost_after: 2 * s.check_timeout,
         }
     }
 }
@@ -230,7 +238,17 @@ impl Safety {
         self.suppliers.get(&supplier).is_some_and(|s| lock(&s.local).guard_held)
     }
 
-    /// Whether a check of `supplier` may call it now.
+    /// Whether calls to `supplier` go through now: the breaker is closed. Unlike
+    /// [`Safety::admit`] it never takes the half-open probe, so it is what a check already
+    /// under way (before a retry) and a canary ask.
+    pub fn calls_allowed(&self, supplier: Supplier) -> bool {
+        self.breaker(supplier) == Breaker::Closed
+    }
+
+    /// Whether a new check of `supplier` may call it now. While the breaker is half-open
+    /// the first check to ask is its probe (one per process, and another only if that one
+    /// goes unreported for [`Config::probe_lost_after`]); a check given
+    /// [`Admission::Probe`] must report with [`Safety::probe_result`].
     pub fn admit(&self, supplier: Supplier) -> Admission {
         let Some(s) = self.suppliers.get(&supplier) else { return Admission::Call };
         let now = self.clock.now();
@@ -242,11 +260,19 @@ impl Safety {
             Breaker::Open { until } => {
                 Admission::Skip { why: "breaker_open", retry_after: (until - now).to_std().ok() }
             }
-            Breaker::HalfOpen if local.probes < rules::HALF_OPEN_PROBES => {
-                local.probes += 1;
-                Admission::Probe
-            }
-            Breaker::HalfOpen => Admission::Skip { why: "breaker_half_open", retry_after: None },
+            Breaker::HalfOpen => match local.probe_sent {
+                Some(sent) if now < sent + crate::sweep::delta(self.config.probe_lost_after) => {
+                    Admission::Skip { why: "breaker_half_open", retry_after: None }
+                }
+                lost => {
+                    local.probe_sent = Some(now);
+                    drop(local);
+                    if lost.is_some() {
+                        tracing::warn!(supplier = %supplier, "the half-open breaker's probe never reported: sending another");
+                    }
+                    Admission::Probe
+                }
+            },
         }
     }
 

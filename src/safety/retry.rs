@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 
-use super::{Admission, Safety};
+use super::Safety;
 use crate::model::Supplier;
 use crate::suppliers::{Adapter, Answer, CheckTarget, Evidence, Outcome};
 
@@ -88,7 +88,9 @@ pub async fn call_with_retries(
         if Instant::now() + delay >= deadline {
             return Called { answer, calls };
         }
-        if safety.admit(supplier) != Admission::Call {
+        // Only a closed breaker lets a retry through; asking must not take the half-open
+        // probe, which only a new check sends (and reports).
+        if !safety.calls_allowed(supplier) {
             return Called { answer, calls };
         }
         tokio::time::sleep(delay).await;

@@ -31,9 +31,6 @@ pub struct GuardConfig {
     pub window: Duration,
 }
 
-/// Checks a half-open breaker lets through, per process, before the probes' answers decide.
-pub const HALF_OPEN_PROBES: u32 = 1;
-
 /// A supplier's breaker as this process sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breaker {

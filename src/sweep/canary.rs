@@ -12,7 +12,6 @@ use secrecy::ExposeSecret;
 
 use super::{Engine, lock};
 use crate::model::Supplier;
-use crate::safety::Admission;
 use crate::safety::retry;
 use crate::store::canaries::{self, Probe};
 use crate::suppliers::{Answer, CheckTarget, Evidence, Outcome};
@@ -66,9 +65,11 @@ impl Engine {
         };
         let mut any_failed = false;
         for probe in probes {
-            // While the breaker is open nothing is called, canaries included; the
-            // supplier's rows are skipped anyway.
-            if matches!(self.safety.admit(supplier), Admission::Skip { .. }) {
+            // While the breaker is not closed nothing but its probe is called, canaries
+            // included: the supplier's rows are skipped anyway, and the probe is one of
+            // them (a canary that took it would never report it, and the breaker would stay
+            // half-open).
+            if !self.safety.calls_allowed(supplier) {
                 return any_failed;
             }
             let answer = self.probe_one(&probe).await;

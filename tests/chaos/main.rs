@@ -150,7 +150,9 @@ async fn run_scenario(
 ) -> Result<String, Vec<Failure>> {
     let simulator = serde_json::json!({ "latency_ms": LATENCY_MS });
     let label = format!("{}{}", scenario.name(), if defect.is_some() { "_planted" } else { "" });
-    let mut world = World::new(cluster, &label, suite_shape(), scenario.population(), simulator).await;
+    let mut shape = suite_shape();
+    shape.env.extend(scenario.env());
+    let mut world = World::new(cluster, &label, shape, scenario.population(), simulator).await;
     world.defect = defect;
     let mut file = String::new();
     for i in 0..world.population {
@@ -158,6 +160,9 @@ async fn run_scenario(
         file.push_str(&import_line(i));
     }
     world.command(&["credentials", "import"], &file).expect("import");
+    for i in scenario.canaries() {
+        world.command(&["credentials", "canary", "add", &population::user(*i)], "").expect("canary add");
+    }
     world.start_workers();
     scenarios::inject(&mut world, scenario).await;
     let faults_stopped = Instant::now();

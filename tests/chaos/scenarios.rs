@@ -83,6 +83,28 @@ impl Scenario {
         }
     }
 
+    /// Settings the scenario needs beyond the suite's.
+    pub fn env(self) -> Vec<(&'static str, String)> {
+        match self {
+            // A cool-off (1 s) shorter than a request's timeout (2 s): checks still retrying
+            // a hung call meet a half-open breaker. The soak found such a retry taking the
+            // half-open probe without sending it, which left the breaker half-open, and
+            // every check skipped, until the process restarted.
+            Scenario::Hang => vec![("IM1_BREAKER_COOLDOWN", "1s".to_owned())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Credentials (by index) marked as canaries before the workers start: the hang's
+    /// canary probes each sweep's start while the breaker cycles open and half-open.
+    pub fn canaries(self) -> &'static [usize] {
+        match self {
+            // Index 3 is valid (see `population::truth`).
+            Scenario::Hang => &[3],
+            _ => &[],
+        }
+    }
+
     /// The planted defect (src/defects.rs) this scenario must catch when proving the suite.
     pub fn defect(self) -> &'static str {
         match self {
@@ -150,10 +172,12 @@ pub async fn inject(world: &mut World, scenario: Scenario) {
             world.http.delete(world.sim_url("/_sim/outage/emis")).send().await.unwrap();
         }
         Scenario::Hang => {
-            // A third of the tokens' answers never come (the supplier accepts the
-            // connection and holds it), then everything answers as before.
-            sleep(500).await;
-            answer_for(world, world.population / 3, |_| serde_json::json!(["hang"]), 6000).await;
+            // No answer comes (the supplier accepts every connection and holds it), then
+            // everything answers as before. It starts once the workers are checking rows
+            // (past their canary probes), so calls in flight hang, the breaker opens,
+            // and retries and the next sweeps' canaries meet it half-open.
+            world.until_checked(50).await;
+            answer_for(world, world.population, |_| serde_json::json!(["hang"]), 6000).await;
         }
         Scenario::Reset => {
             sleep(1500).await;

@@ -424,6 +424,25 @@ impl World {
         PgConnection::connect(&self.db_url).await.expect("the scenario's database")
     }
 
+    /// Waits until at least `n` credentials have been checked (the workers are past their
+    /// start-up and canary probes, working on rows).
+    pub async fn until_checked(&self, n: i64) {
+        let mut db = self.db().await;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let checked: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM im1_credentials WHERE last_checked_at IS NOT NULL")
+                    .fetch_one(&mut db)
+                    .await
+                    .expect("the scenario's database answers");
+            if checked >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} credentials checked a minute after the workers started");
+    }
+
     pub async fn terminate_backends(&self) {
         if let Ok(mut admin) = PgConnection::connect(&self.cluster.url("postgres")).await {
             let _ = sqlx::query(

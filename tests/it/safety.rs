@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use im1_revalidator::config::Settings;
 use im1_revalidator::model::Supplier;
 use im1_revalidator::simulator::{Behaviour, Step};
 use im1_revalidator::store::status::RecheckFilter;
@@ -268,6 +269,121 @@ async fn a_breaker_opened_by_one_process_stops_the_others_calls(pool: PgPool) {
     assert_eq!(app.sim.calls().emis.sessions, calls);
     assert_eq!(report.outcomes.get("skipped"), Some(&10));
     assert_eq!(metric(&b, "im1_supplier_circuit_open{supplier=\"emis\"}"), Some(1.0));
+}
+
+/// A breaker that opens on one transient call and is half-open at once (no cool-off),
+/// with retries: the first transient answer makes the check's retry meet a half-open
+/// breaker. A long check timeout keeps a lost probe from being presumed lost (and sent
+/// again) within the tests' few minutes.
+fn instant_half_open_vars(app: &TestApp) -> HashMap<String, String> {
+    with(
+        app,
+        &[
+            ("IM1_CHECK_TIMEOUT", "10m"),
+            ("IM1_BREAKER_MIN_CALLS", "1"),
+            ("IM1_BREAKER_COOLDOWN", "0s"),
+            ("IM1_RETRY_ATTEMPTS", "2"),
+            ("IM1_RETRY_MAX_DELAY", "10ms"),
+            ("IM1_CONCURRENCY", "1"),
+        ],
+    )
+}
+
+// Found by the soak: a check about to retry asked the half-open breaker for admission,
+// took the probe and returned without sending it, so no probe ever reported and every
+// later check of that supplier was skipped until the process restarted.
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_retry_never_takes_the_half_open_probe(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let token = app.emis_user("u", &["server_error", "valid"]).await;
+    let engine = app.engine_with(&instant_half_open_vars(&app));
+    let first = sweep_with(&engine).await;
+    assert_eq!(first.outcomes.get("transient"), Some(&1), "{first:?}");
+    assert_eq!(app.sim.token_calls(&token), 1, "the breaker opened: no retry");
+
+    // Once the backoff is over the same process sends the probe; it answers, and closes
+    // the breaker.
+    app.advance(TimeDelta::minutes(2));
+    let second = sweep_with(&engine).await;
+    assert_eq!(app.sim.token_calls(&token), 2, "the probe was sent: {second:?}");
+    assert_eq!(app.row("u").await.status, "valid");
+    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "closed");
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_canary_never_takes_the_half_open_probe(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let canary = app.emis_user("canary", &["valid"]).await;
+    let users = scripted("u", 12, Behaviour::Valid);
+    import_emis(&app, &users).await;
+    app.sim.set_outage(Supplier::Emis, true);
+    let engine = app.engine_with(&breaker_vars(&app));
+    sweep_with(&engine).await;
+    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "open");
+
+    // The supplier recovers and a canary is added; after the cool-off the breaker is
+    // half-open as the next sweep starts, when canaries are probed.
+    app.sim.set_outage(Supplier::Emis, false);
+    im1_revalidator::store::canaries::add(&app.pool, "canary", None, app.clock.now_utc()).await.unwrap();
+    app.advance(TimeDelta::seconds(61));
+    recheck_all(&app).await;
+    let canary_calls = app.sim.token_calls(&canary);
+    let report = sweep_with(&engine).await;
+    assert!(report.canary_failed.is_empty(), "{report:?}");
+    assert_eq!(app.sim.token_calls(&canary), canary_calls, "no canary call while the breaker is not closed");
+    let probed =
+        || async { im1_revalidator::store::canaries::list(&app.pool, None).await.unwrap()[0].last_outcome.clone() };
+    assert_eq!(probed().await, None);
+    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "closed", "a row's probe closed it: {report:?}");
+
+    // Rows turned away while the probe was out are checked at the next sweep.
+    app.advance(TimeDelta::seconds(10));
+    recheck_all(&app).await;
+    sweep_with(&engine).await;
+    for (user, _) in &users {
+        assert_eq!(app.row(user).await.status, "valid", "{user}");
+    }
+    assert_eq!(probed().await.as_deref(), Some("valid"), "probed once the breaker closed");
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_half_open_probe_that_never_reports_is_sent_again(pool: PgPool) {
+    use im1_revalidator::safety::{Admission, Config, Safety};
+
+    let app = spawn_app(pool).await;
+    let settings = Settings::from_vars(&instant_half_open_vars(&app)).unwrap();
+    let config = Config::from_settings(&settings);
+    assert_eq!(config.probe_lost_after, 2 * settings.check_timeout);
+    let safety = Safety::new(
+        app.pool.clone(),
+        std::sync::Arc::new(app.clock.clone()),
+        std::sync::Arc::new(im1_revalidator::metrics::Metrics::new()),
+        uuid::Uuid::new_v4(),
+        "test",
+        config,
+        &im1_revalidator::safety::throttles(&settings),
+    );
+    // One transient call opens the breaker, and with no cool-off it is half-open.
+    assert_eq!(safety.admit(Supplier::Emis), Admission::Call);
+    safety.record_call(Supplier::Emis, true);
+    assert!(!safety.calls_allowed(Supplier::Emis));
+    assert_eq!(safety.admit(Supplier::Emis), Admission::Probe);
+    let turned_away = Admission::Skip { why: "breaker_half_open", retry_after: None };
+    assert_eq!(safety.admit(Supplier::Emis), turned_away, "one probe out at a time");
+
+    // The probe is lost (its check dropped, say): until it is presumed lost nothing else
+    // goes out; then another probe does.
+    let lost_after = TimeDelta::from_std(config.probe_lost_after).unwrap();
+    app.advance(lost_after - TimeDelta::milliseconds(1));
+    assert_eq!(safety.admit(Supplier::Emis), turned_away);
+    app.advance(TimeDelta::milliseconds(1));
+    assert_eq!(safety.admit(Supplier::Emis), Admission::Probe);
+    assert_eq!(safety.admit(Supplier::Emis), turned_away);
+
+    // This one reports a real answer: the breaker closes.
+    safety.probe_result(Supplier::Emis, false, serde_json::json!({"http_status": 200})).await;
+    assert!(safety.calls_allowed(Supplier::Emis));
+    assert_eq!(safety.admit(Supplier::Emis), Admission::Call);
 }
 
 fn guard_vars(app: &TestApp) -> HashMap<String, String> {
