@@ -51,8 +51,10 @@ impl Scenario {
     ];
 
     /// The few minutes CI runs on every change: a worker killed, the database crashed,
-    /// connections reset, a rolling restart, each with its planted defect too.
-    pub const SHORT: [Scenario; 4] = [Scenario::Kill, Scenario::PgRestart, Scenario::Reset, Scenario::RollingRestart];
+    /// connections reset, the supplier hung (the stuck half-open breaker's regression), a
+    /// rolling restart, each with its planted defect too.
+    pub const SHORT: [Scenario; 5] =
+        [Scenario::Kill, Scenario::PgRestart, Scenario::Reset, Scenario::Hang, Scenario::RollingRestart];
 
     pub fn name(self) -> &'static str {
         match self {
