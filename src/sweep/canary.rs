@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 
 use super::{Engine, lock};
 use crate::model::Supplier;
-use crate::safety::retry;
+use crate::safety::{Admission, retry};
 use crate::store::canaries::{self, Probe};
 use crate::suppliers::{Answer, CheckTarget, Evidence, Outcome};
 use crate::token::Token;
@@ -65,14 +65,11 @@ impl Engine {
         };
         let mut any_failed = false;
         for probe in probes {
-            // While the breaker is not closed nothing but its probe is called, canaries
-            // included: the supplier's rows are skipped anyway, and the probe is one of
-            // them (a canary that took it would never report it, and the breaker would stay
-            // half-open).
-            if !self.safety.calls_allowed(supplier) {
+            // While the breaker is open nothing is called, canaries included: the
+            // supplier's rows are skipped anyway.
+            let Some(answer) = self.probe_one(&probe).await else {
                 return any_failed;
-            }
-            let answer = self.probe_one(&probe).await;
+            };
             let passed = answer.outcome == Outcome::Valid;
             let evidence = serde_json::to_value(&answer.evidence).unwrap_or_default();
             if !passed {
@@ -103,17 +100,26 @@ impl Engine {
         any_failed
     }
 
-    /// One canary check, with the same retries and timeout as any check.
-    async fn probe_one(&self, probe: &Probe) -> Answer {
+    /// One canary check, with the same retries and timeout as any check; `None` when the
+    /// breaker lets no call through. While the breaker is half-open a canary is the best
+    /// probe there is (a credential known to be good), so the first canary to call takes
+    /// the probe, is called once, and reports: its answer closes the breaker or opens it
+    /// for another cool-off, as a row's would. Only a canary that will really call takes it.
+    async fn probe_one(&self, probe: &Probe) -> Option<Answer> {
         let token = match self.keys.decrypt(&probe.user_id, &probe.token_ciphertext) {
             Ok(plaintext) => match Token::from_plaintext(probe.supplier, plaintext.expose_secret()) {
                 Ok(token) => token,
-                Err(_) => return Answer::new(Outcome::transient(), Evidence::detail("token_fields_missing")),
+                Err(_) => return Some(Answer::new(Outcome::transient(), Evidence::detail("token_fields_missing"))),
             },
-            Err(e) => return Answer::new(Outcome::transient(), Evidence::detail(e.label())),
+            Err(e) => return Some(Answer::new(Outcome::transient(), Evidence::detail(e.label()))),
         };
         let Some(adapter) = self.adapters.get(&probe.supplier) else {
-            return Answer::new(Outcome::transient(), Evidence::detail("supplier_not_configured"));
+            return Some(Answer::new(Outcome::transient(), Evidence::detail("supplier_not_configured")));
+        };
+        let breaker_probe = match self.safety.admit(probe.supplier) {
+            Admission::Call => false,
+            Admission::Probe => true,
+            Admission::Skip { .. } => return None,
         };
         let target = CheckTarget { ods_code: &probe.ods_code, token: &token };
         let mut answer = retry::call_within(
@@ -123,10 +129,15 @@ impl Engine {
             &self.safety,
             probe.supplier,
             self.limits.check_timeout,
-            false,
+            breaker_probe,
         )
         .await;
         answer.evidence.scrub(&token.secrets());
-        answer
+        if breaker_probe {
+            let transient = matches!(answer.outcome, Outcome::Transient { .. });
+            let evidence = serde_json::to_value(&answer.evidence).unwrap_or_default();
+            self.safety.probe_result(probe.supplier, transient, evidence).await;
+        }
+        Some(answer)
     }
 }

@@ -310,8 +310,11 @@ async fn a_retry_never_takes_the_half_open_probe(pool: PgPool) {
     assert_eq!(supplier_state(&app, "emis").await.breaker_state, "closed");
 }
 
+// Found by the soak: a canary probed at a sweep's start took the half-open breaker's probe
+// and called as an ordinary check, never reporting, so the breaker stayed half-open. A
+// canary is now the probe itself, called once, and its answer decides.
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
-async fn a_canary_never_takes_the_half_open_probe(pool: PgPool) {
+async fn a_canary_probed_while_half_open_is_the_breakers_probe(pool: PgPool) {
     let app = spawn_app(pool).await;
     let canary = app.emis_user("canary", &["valid"]).await;
     let users = scripted("u", 12, Behaviour::Valid);
@@ -321,29 +324,34 @@ async fn a_canary_never_takes_the_half_open_probe(pool: PgPool) {
     sweep_with(&engine).await;
     assert_eq!(supplier_state(&app, "emis").await.breaker_state, "open");
 
-    // The supplier recovers and a canary is added; after the cool-off the breaker is
-    // half-open as the next sweep starts, when canaries are probed.
+    // The outage ends and a canary is added; after the cool-off the breaker is half-open as
+    // the next sweep starts, when canaries are probed. The canary's first answer is a 500:
+    // the probe fails, the breaker opens for another cool-off, and the canary failed.
     app.sim.set_outage(Supplier::Emis, false);
+    app.sim.script(&canary, vec![Step::new(Behaviour::ServerError), Step::new(Behaviour::Valid)]);
     im1_revalidator::store::canaries::add(&app.pool, "canary", None, app.clock.now_utc()).await.unwrap();
+    let canary_outcome =
+        || async { im1_revalidator::store::canaries::list(&app.pool, None).await.unwrap()[0].last_outcome.clone() };
     app.advance(TimeDelta::seconds(61));
     recheck_all(&app).await;
-    let canary_calls = app.sim.token_calls(&canary);
+    let calls = app.sim.calls().emis.sessions;
+    let report = sweep_with(&engine).await;
+    assert_eq!(app.sim.calls().emis.sessions, calls + 1, "one call, the canary as the probe, no retry: {report:?}");
+    assert_eq!(canary_outcome().await.as_deref(), Some("transient"));
+    assert_eq!(report.canary_failed, vec![Supplier::Emis]);
+    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "open", "the failed probe re-opened it");
+
+    // After another cool-off the canary, again the probe, answers valid: the breaker closes
+    // and the rows are checked in the same sweep.
+    app.advance(TimeDelta::seconds(61));
+    recheck_all(&app).await;
     let report = sweep_with(&engine).await;
     assert!(report.canary_failed.is_empty(), "{report:?}");
-    assert_eq!(app.sim.token_calls(&canary), canary_calls, "no canary call while the breaker is not closed");
-    let probed =
-        || async { im1_revalidator::store::canaries::list(&app.pool, None).await.unwrap()[0].last_outcome.clone() };
-    assert_eq!(probed().await, None);
-    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "closed", "a row's probe closed it: {report:?}");
-
-    // Rows turned away while the probe was out are checked at the next sweep.
-    app.advance(TimeDelta::seconds(10));
-    recheck_all(&app).await;
-    sweep_with(&engine).await;
+    assert_eq!(canary_outcome().await.as_deref(), Some("valid"));
+    assert_eq!(supplier_state(&app, "emis").await.breaker_state, "closed");
     for (user, _) in &users {
         assert_eq!(app.row(user).await.status, "valid", "{user}");
     }
-    assert_eq!(probed().await.as_deref(), Some("valid"), "probed once the breaker closed");
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
