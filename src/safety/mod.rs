@@ -34,6 +34,7 @@ use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
 use crate::store::safety::{self as shared, BreakerMove, Counts, ProcessInfo, SupplierState, Windows};
+use crate::suppliers::{Evidence, Outcome};
 pub use rules::{Breaker, BreakerConfig, GuardConfig};
 pub use throttle::Throttle;
 
@@ -320,11 +321,13 @@ impl Safety {
         invalid && local.guard_held
     }
 
-    /// A half-open probe's result: a real answer closes the breaker for everyone; a
-    /// transient one opens it for another cool-off.
-    pub async fn probe_result(&self, supplier: Supplier, transient: bool, evidence: serde_json::Value) {
+    /// A half-open probe's answer (its evidence already scrubbed of the token): a real
+    /// answer closes the breaker for everyone; a transient one opens it for another
+    /// cool-off.
+    pub async fn probe_result(&self, supplier: Supplier, outcome: &Outcome, evidence: &Evidence) {
         let Some(s) = self.suppliers.get(&supplier) else { return };
         let now = self.clock.now();
+        let transient = matches!(outcome, Outcome::Transient { .. });
         let evidence = serde_json::json!({ "probe": evidence });
         if transient {
             let until = now + crate::sweep::delta(self.config.breaker.cooldown);

@@ -134,9 +134,7 @@ impl Engine {
         .await;
         answer.evidence.scrub(&token.secrets());
         if breaker_probe {
-            let transient = matches!(answer.outcome, Outcome::Transient { .. });
-            let evidence = serde_json::to_value(&answer.evidence).unwrap_or_default();
-            self.safety.probe_result(probe.supplier, transient, evidence).await;
+            self.safety.probe_result(probe.supplier, &answer.outcome, &answer.evidence).await;
         }
         Some(answer)
     }

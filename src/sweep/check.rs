@@ -159,8 +159,7 @@ impl Context {
         let Answer { outcome, mut evidence } = answer;
         evidence.scrub(&token.secrets());
         if probe {
-            let transient = matches!(outcome, Outcome::Transient { .. });
-            self.safety.probe_result(supplier, transient, serde_json::to_value(&evidence).unwrap_or_default()).await;
+            self.safety.probe_result(supplier, &outcome, &evidence).await;
         }
         let mut held = None;
         let observation = match outcome {

@@ -178,7 +178,9 @@ pub async fn inject(world: &mut World, scenario: Scenario) {
             // everything answers as before. It starts once the workers are checking rows
             // (past their canary probes), so calls in flight hang, the breaker opens,
             // and retries and the next sweeps' canaries meet it half-open.
-            world.until_checked(50).await;
+            if !world.until_checked(50).await {
+                return;
+            }
             answer_for(world, world.population, |_| serde_json::json!(["hang"]), 6000).await;
         }
         Scenario::Reset => {

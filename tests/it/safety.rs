@@ -389,7 +389,8 @@ async fn a_half_open_probe_that_never_reports_is_sent_again(pool: PgPool) {
     assert_eq!(safety.admit(Supplier::Emis), turned_away);
 
     // This one reports a real answer: the breaker closes.
-    safety.probe_result(Supplier::Emis, false, serde_json::json!({"http_status": 200})).await;
+    let answered = im1_revalidator::suppliers::Evidence::detail("a real answer");
+    safety.probe_result(Supplier::Emis, &im1_revalidator::suppliers::Outcome::Valid, &answered).await;
     assert!(safety.calls_allowed(Supplier::Emis));
     assert_eq!(safety.admit(Supplier::Emis), Admission::Call);
 }
