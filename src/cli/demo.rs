@@ -150,6 +150,8 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     );
 
     let sim = Simulator::new(Scenario::default());
+    // The simulated Vision holds each request to the RP's provider id and the token's practice.
+    sim.set_vision_provider_id("im1-demo");
     let running = sim.spawn("127.0.0.1:0".parse()?).await.context("starting the simulator")?;
     println!("  simulator  {} (EMIS, TPP and Vision, in-process)", running.base_url());
 
@@ -242,8 +244,11 @@ async fn seed(engine: &Engine, sim: &Simulator, users: u32) -> anyhow::Result<Ha
             }
             "tpp" => serde_json::json!({"user_id": user_id, "supplier": "tpp", "ods_code": ods,
                                         "token": {"account_id": token, "passphrase": uuid::Uuid::new_v4().to_string()}}),
-            "vision" => serde_json::json!({"user_id": user_id, "supplier": "vision", "ods_code": ods,
-                                           "token": {"rosu_account_id": token, "api_key": uuid::Uuid::new_v4().to_string()}}),
+            "vision" => {
+                sim.set_vision_practice(&token, &ods);
+                serde_json::json!({"user_id": user_id, "supplier": "vision", "ods_code": ods,
+                                   "token": {"rosu_account_id": token, "api_key": uuid::Uuid::new_v4().to_string()}})
+            }
             _ => serde_json::json!({"user_id": user_id, "supplier": "emis", "ods_code": ods,
                                     "token": {"access_identity_guid": token}}),
         };

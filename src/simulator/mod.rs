@@ -55,7 +55,7 @@ use crate::model::Supplier;
 
 pub use call_log::MAX_LOGGED_CALLS;
 pub use emis::EmisCalls;
-pub use scenario::{Behaviour, Scenario, ScenarioError, Step, UnknownBehaviour};
+pub use scenario::{Behaviour, Scenario, ScenarioError, Step, UnknownBehaviour, VisionExpectations};
 pub use tpp::TppCalls;
 pub use vision::VisionCalls;
 
@@ -164,7 +164,7 @@ impl Simulator {
                 outages: Default::default(),
                 emis: emis::EmisState::default(),
                 tpp: tpp::TppState::default(),
-                vision: vision::VisionState::default(),
+                vision: vision::VisionState::new(scenario.vision),
                 started: Instant::now(),
                 call_logs: Default::default(),
                 release,
@@ -216,6 +216,17 @@ impl Simulator {
     }
 
     /// How tokens without a script are answered from now on.
+    /// Holds `target/nationalCode` of Vision requests for `rosu_account_id` to `ods_code`
+    /// (a token's practice, as [`VisionExpectations::practices`]).
+    pub fn set_vision_practice(&self, rosu_account_id: &str, ods_code: &str) {
+        self.inner.vision.set_practice(rosu_account_id, ods_code);
+    }
+
+    /// Holds `opsReference` of Vision requests to `provider_id`.
+    pub fn set_vision_provider_id(&self, provider_id: &str) {
+        self.inner.vision.set_provider_id(provider_id);
+    }
+
     pub fn set_default(&self, behaviour: Behaviour) {
         self.set_default_step(Step::new(behaviour));
     }

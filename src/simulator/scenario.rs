@@ -11,7 +11,8 @@
 //!     "guid-1": ["not_registered"],
 //!     "guid-2": ["unavailable", "valid"],
 //!     "guid-3": [{"behaviour": "rate_limited", "delay_ms": 200, "retry_after_secs": 30}, "valid"]
-//!   }
+//!   },
+//!   "vision": {"provider_id": "rp-provider-1", "practices": {"rosu-1": "A12345"}}
 //! }
 //! ```
 //!
@@ -344,6 +345,26 @@ pub struct Scenario {
     /// Per-token scripts, keyed by the token's identifying value (EMIS: the
     /// `AccessIdentityGuid`).
     pub tokens: BTreeMap<String, Vec<Step>>,
+    /// What the Vision endpoint holds each request's `serviceHeader` to, beyond its shape.
+    pub vision: VisionExpectations,
+}
+
+/// What the simulated Vision endpoint expects of a request's `serviceHeader` beyond its
+/// shape (which it always checks): the RP's provider id and each token's practice. A part
+/// left unset is checked for form only.
+///
+/// ```json
+/// {"vision": {"provider_id": "rp-provider-1", "practices": {"rosu-1": "A12345"}}}
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionExpectations {
+    /// `opsReference/provider` and `opsReference/accountId` must both equal it. Unset:
+    /// any non-empty value, the two alike.
+    pub provider_id: Option<String>,
+    /// Each token's practice, keyed by `rosuAccountId`: `target/nationalCode` must equal
+    /// it. A token not listed needs a well-formed ODS code only.
+    pub practices: BTreeMap<String, String>,
 }
 
 impl Default for Scenario {
@@ -354,6 +375,7 @@ impl Default for Scenario {
             error_rate: 0.0,
             count_by_token: true,
             tokens: BTreeMap::new(),
+            vision: VisionExpectations::default(),
         }
     }
 }

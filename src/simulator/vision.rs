@@ -4,10 +4,20 @@
 //! the default [`Behaviour`], in envelopes shaped like real ones: WS-Addressing headers,
 //! and prefixes that change from answer to answer (`soap:`/`vision:`, `s:`/`v:`, and
 //! `SOAP-ENV:` with Vision as the default namespace), so clients must match by namespace,
-//! never by prefix. Signatures are not checked. A request without a `rosuAccountId` gets a
-//! SOAP `Client` fault (HTTP 500).
+//! never by prefix. Signatures are not checked.
+//!
+//! The request's `serviceHeader` is held to the shape real Vision expects (im1-wire.md):
+//! `id`, `creationTime`, `target/nationalCode`, `credentials` (`rosuAccountId`, `apiKey`)
+//! and `opsReference` (`provider`, `accountId`), in that order, all in the Vision
+//! namespace; an id not a GUID or seen before, a `creationTime` more than five minutes
+//! from now, a `nationalCode` other than the token's practice or an `opsReference` other
+//! than the provider id ([`VisionExpectations`]) are refused. A refused or unreadable
+//! request gets what a SOAP service answers a message it will not process: a `Client`
+//! fault (HTTP 500) whose `faultstring` says what was wrong (never a credential).
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -17,9 +27,12 @@ use axum::response::Response;
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
-use super::{Behaviour, HUGE_BODY, Simulator, Step, foreign_behaviour, respond};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use super::{Behaviour, HUGE_BODY, Simulator, Step, VisionExpectations, foreign_behaviour, respond};
 use crate::model::Supplier;
-use crate::suppliers::xml::{self, SOAP_ENV};
+use crate::suppliers::xml::{self, Element, SOAP_ENV};
 
 const XML: &str = "text/xml; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -29,6 +42,13 @@ const WSA_NS: &str = "http://www.w3.org/2005/08/addressing";
 /// Default `Retry-After` of `rate_limited` and `unavailable`, in seconds.
 const RATE_LIMITED_RETRY_AFTER: u64 = 10;
 const UNAVAILABLE_RETRY_AFTER: u64 = 30;
+/// How far a request's `creationTime` may stand from the simulator's clock.
+const CREATION_TIME_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
+/// How many message ids are remembered to refuse a repeat (bounded, for benchmarks that
+/// send millions).
+const REMEMBERED_IDS: usize = 100_000;
+/// The `serviceHeader`'s elements, in the order real Vision expects.
+const HEADER: [&str; 5] = ["id", "creationTime", "target", "credentials", "opsReference"];
 
 /// Vision calls since start or the last reset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +62,47 @@ pub(super) struct VisionState {
     get_configuration: AtomicU64,
     /// Picks each answer's prefix style.
     next_answer: AtomicU64,
+    expect: RwLock<VisionExpectations>,
+    seen_ids: Mutex<SeenIds>,
+}
+
+/// The most recent message ids, oldest first, to refuse a repeated one.
+#[derive(Debug, Default)]
+struct SeenIds {
+    order: VecDeque<Uuid>,
+    set: HashSet<Uuid>,
+}
+
+impl SeenIds {
+    /// Remembers `id`; false when it was already seen.
+    fn first_time(&mut self, id: Uuid) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
 }
 
 impl VisionState {
+    pub(super) fn new(expect: VisionExpectations) -> VisionState {
+        VisionState { expect: RwLock::new(expect), ..VisionState::default() }
+    }
+
+    pub(super) fn set_practice(&self, rosu_account_id: &str, ods_code: &str) {
+        let mut expect = self.expect.write().unwrap_or_else(PoisonError::into_inner);
+        expect.practices.insert(rosu_account_id.to_owned(), ods_code.to_owned());
+    }
+
+    pub(super) fn set_provider_id(&self, provider_id: &str) {
+        self.expect.write().unwrap_or_else(PoisonError::into_inner).provider_id = Some(provider_id.to_owned());
+    }
+
     pub(super) fn calls(&self) -> VisionCalls {
         VisionCalls { get_configuration: self.get_configuration.load(Ordering::Relaxed) }
     }
@@ -213,28 +271,140 @@ struct ConfigurationRequest {
     ods: String,
 }
 
-fn read_request(body: &[u8]) -> Option<ConfigurationRequest> {
-    let root = xml::parse(body).ok().filter(|r| r.is(Some(SOAP_ENV), "Envelope"))?;
-    let request = root.child(Some(SOAP_ENV), "Body")?.child(Some(VISION_NS), "visionRequest")?;
-    let rosu_account_id = request.find(Some(VISION_NS), "rosuAccountId")?.trimmed_text()?.to_owned();
-    let ods = request.find(Some(VISION_NS), "odsCode").and_then(|e| e.trimmed_text()).unwrap_or_default().to_owned();
-    Some(ConfigurationRequest { rosu_account_id, ods })
+/// Why a request was refused: the `faultstring` of the `Client` fault it gets. Names
+/// elements and rules, never a credential's value.
+#[derive(Debug, PartialEq, Eq)]
+struct Refused(String);
+
+fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused(why.into()))
+}
+
+/// `element`'s children, which must be exactly `expected` (local names, in that order),
+/// each in the Vision namespace.
+fn children_in_order<'e, const N: usize>(
+    element: &'e Element,
+    expected: [&str; N],
+) -> Result<[&'e Element; N], Refused> {
+    let found: Vec<&str> = element.children.iter().map(|c| c.name.as_str()).collect();
+    if found != expected {
+        return refuse(format!(
+            "{}: expected {} in that order, found {}",
+            element.name,
+            expected.join(", "),
+            if found.is_empty() { "nothing".to_owned() } else { found.join(", ") }
+        ));
+    }
+    if let Some(foreign) = element.children.iter().find(|c| c.namespace.as_deref() != Some(VISION_NS)) {
+        return refuse(format!("{}/{}: not in the Vision namespace", element.name, foreign.name));
+    }
+    let children: Vec<&Element> = element.children.iter().collect();
+    children.try_into().or_else(|_| refuse(format!("{}: wrong number of elements", element.name)))
+}
+
+/// The trimmed text of a leaf, refused when empty.
+fn required_text<'e>(parent: &str, element: &'e Element) -> Result<&'e str, Refused> {
+    match element.trimmed_text() {
+        Some(text) => Ok(text),
+        None => refuse(format!("{parent}/{}: empty", element.name)),
+    }
+}
+
+/// `creationTime` as ISO 8601: with an offset, or without (read as UTC, as sent).
+fn creation_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc()))
+}
+
+/// Reads a request, holding its `serviceHeader` to the shape and values real Vision
+/// expects.
+fn read_request(
+    body: &[u8],
+    expect: &VisionExpectations,
+    now: DateTime<Utc>,
+    seen: &Mutex<SeenIds>,
+) -> Result<ConfigurationRequest, Refused> {
+    let unreadable = || Refused("The request could not be read.".to_owned());
+    let root = xml::parse(body).ok().filter(|r| r.is(Some(SOAP_ENV), "Envelope")).ok_or_else(unreadable)?;
+    let request = root
+        .child(Some(SOAP_ENV), "Body")
+        .and_then(|b| b.child(Some(VISION_NS), "visionRequest"))
+        .ok_or_else(unreadable)?;
+    let Some(header) = request.child(Some(VISION_NS), "serviceHeader") else {
+        return refuse("visionRequest: no serviceHeader");
+    };
+    let [id, created, target, credentials, ops] = children_in_order(header, HEADER)?;
+
+    let id = required_text("serviceHeader", id)?;
+    let Ok(id) = Uuid::parse_str(id) else { return refuse("serviceHeader/id: not a GUID") };
+    let created = required_text("serviceHeader", created)?;
+    let Some(created) = creation_time(created) else {
+        return refuse("serviceHeader/creationTime: not an ISO 8601 date and time");
+    };
+    if (now - created).abs() > CREATION_TIME_TOLERANCE {
+        return refuse("serviceHeader/creationTime: more than five minutes from the service's time");
+    }
+
+    let [national_code] = children_in_order(target, ["nationalCode"])?;
+    let ods = required_text("target", national_code)?;
+    let [rosu, key] = children_in_order(credentials, ["rosuAccountId", "apiKey"])?;
+    let rosu_account_id = required_text("credentials", rosu)?;
+    required_text("credentials", key)?;
+    let [provider, account] = children_in_order(ops, ["provider", "accountId"])?;
+    let (provider, account) = (required_text("opsReference", provider)?, required_text("opsReference", account)?);
+
+    match expect.practices.get(rosu_account_id) {
+        Some(practice) if practice != ods => {
+            return refuse("target/nationalCode: not the practice of the account");
+        }
+        Some(_) => {}
+        None if crate::token::validate_ods_code(ods).is_err() => {
+            return refuse("target/nationalCode: not an ODS code");
+        }
+        None => {}
+    }
+    if provider != account {
+        return refuse("opsReference: provider and accountId differ");
+    }
+    if expect.provider_id.as_deref().is_some_and(|expected| expected != provider) {
+        return refuse("opsReference/provider: not this service's provider id");
+    }
+    // Last, so a request refused for another reason does not use its id up.
+    if !seen.lock().unwrap_or_else(PoisonError::into_inner).first_time(id) {
+        return refuse("serviceHeader/id: a message id already seen");
+    }
+    Ok(ConfigurationRequest { rosu_account_id: rosu_account_id.to_owned(), ods: ods.to_owned() })
+}
+
+/// The `rosuAccountId` anywhere in a request, for per-token counting: a refused request
+/// still counts as a call for its token.
+fn any_rosu_account_id(body: &[u8]) -> Option<String> {
+    let root = xml::parse(body).ok()?;
+    root.find(Some(VISION_NS), "rosuAccountId")?.trimmed_text().map(str::to_owned)
 }
 
 async fn get_configuration(State(sim): State<Simulator>, body: Bytes) -> Response {
     let vision = &sim.inner.vision;
     vision.get_configuration.fetch_add(1, Ordering::Relaxed);
-    let request = read_request(&body);
-    if let Some(request) = &request {
-        sim.count_token(&request.rosu_account_id);
+    if let Some(rosu) = any_rosu_account_id(&body) {
+        sim.count_token(&rosu);
     }
     if !sim.pause(0).await || sim.in_outage(Supplier::Vision) {
         return outage();
     }
+    let request = {
+        let expect = vision.expect.read().unwrap_or_else(PoisonError::into_inner);
+        read_request(&body, &expect, Utc::now(), &vision.seen_ids)
+    };
     let style = STYLES[(vision.next_answer.fetch_add(1, Ordering::Relaxed) % STYLES.len() as u64) as usize];
-    let Some(request) = request else {
-        let fault = style.fault(&format!("{}:Client", style.soap), "The request could not be read.", None);
-        return respond(StatusCode::INTERNAL_SERVER_ERROR, XML, style.envelope(&fault), None);
+    let request = match request {
+        Ok(request) => request,
+        Err(Refused(why)) => {
+            let fault = style.fault(&format!("{}:Client", style.soap), &why, None);
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, XML, style.envelope(&fault), None);
+        }
     };
     if sim.inject_error() {
         return outage();

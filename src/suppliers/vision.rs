@@ -13,11 +13,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use chrono::{DateTime, Utc};
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
+use uuid::Uuid;
 
 use super::{transient_for, with_detail};
+use crate::clock::{self, SharedClock};
 use crate::model::{Reason, Supplier};
 use crate::suppliers::xml::{self, Element, SOAP_ENV, XmlError};
 use crate::suppliers::{Adapter, Answer, BoxFuture, CheckTarget, Evidence, HttpClient, Outcome};
@@ -74,7 +77,8 @@ fn by_code(code: &str, evidence: Evidence, transient: Outcome) -> Answer {
 /// `successful` true with `serviceContent/configuration/account` (HTTP 200) is valid;
 /// error codes (in `serviceHeader/outcome/error` or a Fault's `detail/visionFault/error`)
 /// go by the table whatever the status; a Fault whose `faultcode` mentions
-/// `InvalidSecurity` is our configuration; anything else is transient (`retry_after` kept
+/// `InvalidSecurity`, or a `Client` fault without a Vision code (the message refused as
+/// sent), is our configuration; anything else is transient (`retry_after` kept
 /// on 429 and 503).
 pub fn classify_configuration_answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> Answer {
     let transient = transient_for(status, retry_after);
@@ -120,7 +124,8 @@ pub fn classify_configuration_answer(status: u16, body: &[u8], retry_after: Opti
 }
 
 /// A SOAP Fault: `InvalidSecurity` first (our signature or certificate, never the
-/// user's token), then a `visionFault` code by the table, else transient.
+/// user's token), then a `visionFault` code by the table, then a `Client` fault (our
+/// request, refused as built), else transient.
 fn classify_fault(status: u16, fault: &Element, transient: Outcome) -> Answer {
     let faultcode = fault_child(fault, "faultcode").and_then(Element::trimmed_text).map(str::to_owned);
     let faultstring = fault_child(fault, "faultstring").and_then(Element::trimmed_text).map(str::to_owned);
@@ -136,12 +141,46 @@ fn classify_fault(status: u16, fault: &Element, transient: Outcome) -> Answer {
         let evidence = Evidence { http_status: Some(status), code: Some(code.clone()), message, detail: None };
         return by_code(&code, evidence, transient);
     }
+    let refused = faultcode.as_deref().is_some_and(is_client_fault);
     let evidence = Evidence { http_status: Some(status), code: faultcode, message: faultstring, detail: None };
+    if refused {
+        // The service refused the message as we built it (a header shape it does not
+        // accept, a stale creationTime, a repeated id): our side, never the token's.
+        return Answer::new(Outcome::SupplierConfigError, with_detail(evidence, "request_refused"));
+    }
     Answer::new(transient, with_detail(evidence, "soap_fault"))
 }
 
-/// The unsigned `VOS.GetConfiguration` envelope. Every text is escaped.
-fn configuration_envelope(rosu_account_id: &str, api_key: &str, ods: &str, provider_id: &str) -> String {
+/// A SOAP 1.1 `Client` fault (`Sender` in SOAP 1.2), qualified or not, with or without a
+/// dotted subcode (`soap:Client.Validation`): the message was wrong as sent.
+fn is_client_fault(faultcode: &str) -> bool {
+    let local = faultcode.rsplit_once(':').map_or(faultcode, |(_, local)| local).trim();
+    let class = local.split('.').next().unwrap_or(local);
+    class == "Client" || class == "Sender"
+}
+
+/// What one request's `serviceHeader` carries, in the order real Vision expects (the NHS
+/// App's own Vision client: `ServiceHeader`, `Target`, `OpsReference`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceHeader<'a> {
+    /// A fresh GUID per request: Vision refuses a message id it has seen.
+    pub id: Uuid,
+    /// When the request is sent; written to the second, UTC, as in im1-wire.md.
+    pub creation_time: DateTime<Utc>,
+    /// `target/nationalCode`: the practice's ODS code, the one stored with the token.
+    pub national_code: &'a str,
+    pub rosu_account_id: &'a str,
+    pub api_key: &'a str,
+    /// `opsReference/provider` and `opsReference/accountId`: the RP's Vision provider id.
+    pub provider_id: &'a str,
+}
+
+/// The `creationTime` format: ISO 8601 to the second, as the wire page's example.
+pub const CREATION_TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
+
+/// The unsigned `VOS.GetConfiguration` envelope. Every text is escaped; the header's
+/// elements come in the order of [`ServiceHeader`]'s fields.
+pub fn configuration_envelope(header: &ServiceHeader<'_>) -> String {
     format!(
         concat!(
             r#"<soapenv:Envelope xmlns:soapenv="{soap}" xmlns:vision="{vision}">"#,
@@ -150,8 +189,11 @@ fn configuration_envelope(rosu_account_id: &str, api_key: &str, ods: &str, provi
             r#"<vision:visionRequest>"#,
             r#"<vision:serviceDefinition><vision:name>{name}</vision:name><vision:version>{version}</vision:version></vision:serviceDefinition>"#,
             r#"<vision:serviceHeader>"#,
+            r#"<vision:id>{id}</vision:id>"#,
+            r#"<vision:creationTime>{created}</vision:creationTime>"#,
+            r#"<vision:target><vision:nationalCode>{ods}</vision:nationalCode></vision:target>"#,
             r#"<vision:credentials><vision:rosuAccountId>{rosu}</vision:rosuAccountId><vision:apiKey>{key}</vision:apiKey></vision:credentials>"#,
-            r#"<vision:odsCode>{ods}</vision:odsCode><vision:providerId>{provider}</vision:providerId>"#,
+            r#"<vision:opsReference><vision:provider>{provider}</vision:provider><vision:accountId>{provider}</vision:accountId></vision:opsReference>"#,
             r#"</vision:serviceHeader>"#,
             r#"<vision:serviceContent/>"#,
             r#"</vision:visionRequest>"#,
@@ -162,10 +204,12 @@ fn configuration_envelope(rosu_account_id: &str, api_key: &str, ods: &str, provi
         vision = VISION_NS,
         name = SERVICE_NAME,
         version = SERVICE_VERSION,
-        rosu = xml::escape(rosu_account_id),
-        key = xml::escape(api_key),
-        ods = xml::escape(ods),
-        provider = xml::escape(provider_id),
+        id = header.id.hyphenated(),
+        created = header.creation_time.format(CREATION_TIME_FORMAT),
+        ods = xml::escape(header.national_code),
+        rosu = xml::escape(header.rosu_account_id),
+        key = xml::escape(header.api_key),
+        provider = xml::escape(header.provider_id),
     )
 }
 
@@ -177,6 +221,8 @@ pub struct VisionAdapter {
     provider_id: String,
     request_timeout: Duration,
     signer: Option<Signer>,
+    /// Stamps each request's `creationTime`: the wall clock, unless a test moves it.
+    clock: SharedClock,
 }
 
 impl fmt::Debug for VisionAdapter {
@@ -201,7 +247,22 @@ impl VisionAdapter {
         signer: Option<Signer>,
     ) -> VisionAdapter {
         let url = Url::parse(base_url.trim()).map_err(|_| "invalid_base_url");
-        VisionAdapter { http, url, base_url: base_url.trim().to_owned(), provider_id, request_timeout, signer }
+        VisionAdapter {
+            http,
+            url,
+            base_url: base_url.trim().to_owned(),
+            provider_id,
+            request_timeout,
+            signer,
+            clock: clock::system(),
+        }
+    }
+
+    /// Reads `creationTime` from `clock` instead of the wall clock (tests: a request
+    /// stamped minutes away from the supplier's time).
+    pub fn with_clock(mut self, clock: SharedClock) -> VisionAdapter {
+        self.clock = clock;
+        self
     }
 
     async fn check_token(&self, ods: &str, rosu_account_id: &str, api_key: &str) -> Answer {
@@ -209,7 +270,14 @@ impl VisionAdapter {
             Ok(url) => url,
             Err(detail) => return Answer::new(Outcome::SupplierConfigError, Evidence::detail(*detail)),
         };
-        let envelope = configuration_envelope(rosu_account_id, api_key, ods, &self.provider_id);
+        let envelope = configuration_envelope(&ServiceHeader {
+            id: Uuid::new_v4(),
+            creation_time: self.clock.now(),
+            national_code: ods,
+            rosu_account_id,
+            api_key,
+            provider_id: &self.provider_id,
+        });
         let envelope = match &self.signer {
             None => envelope,
             Some(sign) => match sign(&envelope) {

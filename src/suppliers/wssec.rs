@@ -985,8 +985,10 @@ mod tests {
     <vision:visionRequest>
       <vision:serviceDefinition><vision:name>VOS.GetConfiguration</vision:name><vision:version>2.3.0</vision:version></vision:serviceDefinition>
       <vision:serviceHeader>
+        <vision:id>0f8fad5b-d9cb-469f-a165-70867728950e</vision:id><vision:creationTime>2026-12-01T10:00:00</vision:creationTime>
+        <vision:target><vision:nationalCode>A12345</vision:nationalCode></vision:target>
         <vision:credentials><vision:rosuAccountId>R&amp;1</vision:rosuAccountId><vision:apiKey>k&lt;"y"&gt;</vision:apiKey></vision:credentials>
-        <vision:odsCode>A12345</vision:odsCode><vision:providerId>P1</vision:providerId>
+        <vision:opsReference><vision:provider>P1</vision:provider><vision:accountId>P1</vision:accountId></vision:opsReference>
       </vision:serviceHeader>
       <vision:serviceContent/>
     </vision:visionRequest>
@@ -1023,9 +1025,13 @@ mod tests {
             "\n      ",
             "<vision:serviceDefinition><vision:name>VOS.GetConfiguration</vision:name>",
             "<vision:version>2.3.0</vision:version></vision:serviceDefinition>\n      <vision:serviceHeader>\n        ",
+            "<vision:id>0f8fad5b-d9cb-469f-a165-70867728950e</vision:id>",
+            "<vision:creationTime>2026-12-01T10:00:00</vision:creationTime>\n        ",
+            "<vision:target><vision:nationalCode>A12345</vision:nationalCode></vision:target>\n        ",
             "<vision:credentials><vision:rosuAccountId>R&amp;1</vision:rosuAccountId>",
             r#"<vision:apiKey>k&lt;"y"&gt;</vision:apiKey></vision:credentials>"#,
-            "\n        <vision:odsCode>A12345</vision:odsCode><vision:providerId>P1</vision:providerId>\n      ",
+            "\n        <vision:opsReference><vision:provider>P1</vision:provider>",
+            "<vision:accountId>P1</vision:accountId></vision:opsReference>\n      ",
             "</vision:serviceHeader>\n      <vision:serviceContent></vision:serviceContent>\n    ",
             "</vision:visionRequest>\n  </soapenv:Body>",
         );

@@ -238,11 +238,28 @@ async fn requests_have_the_documented_shape() {
         Duration::from_secs(5),
         None,
     );
+    let before = chrono::Utc::now();
     assert_eq!(check(&vision, "rosu<&>\"'").await.outcome, Outcome::Valid);
+    assert_eq!(check(&vision, "rosu<&>\"'").await.outcome, Outcome::Valid);
+    let after = chrono::Utc::now();
     server.abort();
 
     let seen = seen.lock().expect("lock");
-    assert_eq!(seen.requests.len(), 1);
+    assert_eq!(seen.requests.len(), 2);
+    let header_text = |body: &Bytes, name: &str| {
+        let root = xml::parse(body).expect("a well-formed envelope");
+        root.find(Some(VISION_NS), "serviceHeader").and_then(|h| h.child(Some(VISION_NS), name)).map(|e| e.text.clone())
+    };
+    let ids: Vec<_> = seen.requests.iter().map(|(_, body)| header_text(body, "id").expect("an id")).collect();
+    assert_ne!(ids[0], ids[1], "a fresh GUID per request");
+    for id in &ids {
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id} is a GUID");
+    }
+    // creationTime: the send time, to the second, UTC.
+    let created = header_text(&seen.requests[0].1, "creationTime").expect("a creationTime");
+    let created = chrono::NaiveDateTime::parse_from_str(&created, "%Y-%m-%dT%H:%M:%S").expect("ISO 8601 to the second");
+    let created = created.and_utc();
+    assert!(created >= before - chrono::TimeDelta::seconds(1) && created <= after, "{created} not within the check");
     let (headers, body) = &seen.requests[0];
     assert_eq!(headers["content-type"], "text/xml; charset=utf-8");
     assert_eq!(headers["soapaction"], "\"\"");
@@ -256,9 +273,179 @@ async fn requests_have_the_documented_shape() {
     assert_eq!(text(&["serviceDefinition", "version"]).as_deref(), Some("2.3.0"));
     assert_eq!(text(&["serviceHeader", "credentials", "rosuAccountId"]).as_deref(), Some("rosu<&>\"'"));
     assert_eq!(text(&["serviceHeader", "credentials", "apiKey"]).as_deref(), Some(API_KEY));
-    assert_eq!(text(&["serviceHeader", "odsCode"]).as_deref(), Some(ODS));
-    assert_eq!(text(&["serviceHeader", "providerId"]).as_deref(), Some("prov<&>"));
+    assert_eq!(text(&["serviceHeader", "target", "nationalCode"]).as_deref(), Some(ODS));
+    assert_eq!(text(&["serviceHeader", "opsReference", "provider"]).as_deref(), Some("prov<&>"));
+    assert_eq!(text(&["serviceHeader", "opsReference", "accountId"]).as_deref(), Some("prov<&>"));
+    let header = request.child(Some(VISION_NS), "serviceHeader").expect("serviceHeader");
+    let order: Vec<&str> = header.children.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(order, ["id", "creationTime", "target", "credentials", "opsReference"]);
     assert!(request.child(Some(VISION_NS), "serviceContent").is_some());
+}
+
+/// A simulator that knows the RP's provider id and the practice of `rosu-at-ods`.
+async fn strict_simulator() -> (im1_revalidator::simulator::Simulator, RunningSimulator) {
+    let mut scenario = Scenario::default();
+    scenario.vision.provider_id = Some(PROVIDER.to_owned());
+    scenario.vision.practices.insert("rosu-at-ods".to_owned(), ODS.to_owned());
+    start(scenario).await
+}
+
+/// Asserts a refusal: a Client fault, classified as our configuration, never a verdict,
+/// its faultstring naming `what`.
+fn assert_refused(answer: &Answer, what: &str) {
+    assert_eq!(answer.outcome, Outcome::SupplierConfigError, "{answer:?}");
+    assert_eq!(answer.evidence.http_status, Some(500), "{answer:?}");
+    assert_eq!(answer.evidence.detail.as_deref(), Some("request_refused"), "{answer:?}");
+    assert!(answer.evidence.code.as_deref().is_some_and(|c| c.ends_with(":Client")), "{answer:?}");
+    let message = answer.evidence.message.as_deref().unwrap_or_default();
+    assert!(message.contains(what), "{message:?} should name {what}");
+    assert!(!message.contains(API_KEY) && !message.contains("rosu-"), "a credential in {message:?}");
+}
+
+#[tokio::test]
+async fn the_simulator_accepts_the_corrected_header_and_refuses_wrong_values() {
+    let (sim, running) = strict_simulator().await;
+    let vision = adapter(&running, Duration::from_secs(5));
+    // The right practice and provider id, a fresh GUID each time: valid, again and again.
+    for _ in 0..3 {
+        assert_eq!(check(&vision, "rosu-at-ods").await.outcome, Outcome::Valid);
+    }
+
+    // The token's practice is another: the request, not the token, is wrong.
+    let elsewhere = adapter(&running, Duration::from_secs(5));
+    let token = token("rosu-at-ods");
+    let answer = elsewhere.check(CheckTarget { ods_code: "Z99999", token: &token }).await;
+    assert_refused(&answer, "target/nationalCode");
+
+    // Another provider id.
+    let stranger = VisionAdapter::new(
+        crate::helpers::adapter_http(),
+        &running.vision_url(),
+        "someone-else".into(),
+        Duration::from_secs(5),
+        None,
+    );
+    assert_refused(&check(&stranger, "rosu-at-ods").await, "opsReference/provider");
+
+    // A creationTime ten minutes off the service's time, either way.
+    for minutes in [-10, 10] {
+        let clock = im1_revalidator::clock::ManualClock::new(chrono::Utc::now() + chrono::TimeDelta::minutes(minutes));
+        let skewed = adapter(&running, Duration::from_secs(5)).with_clock(Arc::new(clock));
+        assert_refused(&check(&skewed, "rosu-at-ods").await, "creationTime");
+    }
+    // Every refusal was still a call for the token, and none consumed a script step.
+    assert_eq!(sim.token_calls("rosu-at-ods"), 7);
+    running.shutdown().await;
+}
+
+/// A request envelope with `header` as the content of `serviceHeader`.
+fn envelope_with_header(header: &str) -> String {
+    format!(
+        concat!(
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:vision="urn:vision">"#,
+            r#"<soapenv:Header/><soapenv:Body><vision:visionRequest>"#,
+            r#"<vision:serviceDefinition><vision:name>VOS.GetConfiguration</vision:name><vision:version>2.3.0</vision:version></vision:serviceDefinition>"#,
+            r#"<vision:serviceHeader>{}</vision:serviceHeader><vision:serviceContent/>"#,
+            r#"</vision:visionRequest></soapenv:Body></soapenv:Envelope>"#
+        ),
+        header
+    )
+}
+
+/// The corrected header with the given id and creationTime.
+fn corrected_header(id: &str, created: &str) -> String {
+    format!(
+        concat!(
+            "<vision:id>{id}</vision:id><vision:creationTime>{created}</vision:creationTime>",
+            "<vision:target><vision:nationalCode>{ods}</vision:nationalCode></vision:target>",
+            "<vision:credentials><vision:rosuAccountId>rosu-at-ods</vision:rosuAccountId><vision:apiKey>{key}</vision:apiKey></vision:credentials>",
+            "<vision:opsReference><vision:provider>{p}</vision:provider><vision:accountId>{p}</vision:accountId></vision:opsReference>"
+        ),
+        id = id,
+        created = created,
+        ods = ODS,
+        key = API_KEY,
+        p = PROVIDER
+    )
+}
+
+/// Posts a raw envelope to the simulator and classifies the answer as the adapter would.
+async fn post_raw(running: &RunningSimulator, envelope: String) -> Answer {
+    let response = reqwest::Client::new()
+        .post(running.vision_url())
+        .header("content-type", "text/xml; charset=utf-8")
+        .header("soapaction", "\"\"")
+        .body(envelope)
+        .send()
+        .await
+        .expect("the simulator answers");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("a body");
+    im1_revalidator::suppliers::vision::classify_configuration_answer(status, &body, None)
+}
+
+#[tokio::test]
+async fn an_old_shaped_or_malformed_header_gets_a_fault_never_a_verdict() {
+    let (_sim, running) = strict_simulator().await;
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+
+    // The shape the earlier wire page had: odsCode and providerId under serviceHeader.
+    let old = envelope_with_header(&format!(
+        concat!(
+            "<vision:credentials><vision:rosuAccountId>rosu-at-ods</vision:rosuAccountId><vision:apiKey>{}</vision:apiKey></vision:credentials>",
+            "<vision:odsCode>{}</vision:odsCode><vision:providerId>{}</vision:providerId>"
+        ),
+        API_KEY, ODS, PROVIDER
+    ));
+    assert_refused(&post_raw(&running, old).await, "expected id, creationTime, target, credentials, opsReference");
+
+    // The corrected shape with one thing wrong at a time.
+    let good = corrected_header(&uuid::Uuid::new_v4().to_string(), &now);
+    let cases: Vec<(String, &str)> = vec![
+        // Elements out of order, or one renamed.
+        (
+            format!("<vision:creationTime>{now}</vision:creationTime>")
+                + &good.replace(&format!("<vision:creationTime>{now}</vision:creationTime>"), ""),
+            "found creationTime, id, target",
+        ),
+        (good.replace("vision:target>", "vision:practice>"), "found id, creationTime, practice"),
+        (corrected_header("not-a-guid", &now), "serviceHeader/id: not a GUID"),
+        (corrected_header(&uuid::Uuid::new_v4().to_string(), "yesterday"), "creationTime: not an ISO 8601"),
+        (corrected_header(&uuid::Uuid::new_v4().to_string(), ""), "serviceHeader/creationTime: empty"),
+        // opsReference's two ids differ.
+        (
+            good.replace(
+                &format!("<vision:accountId>{PROVIDER}</vision:accountId>"),
+                "<vision:accountId>x</vision:accountId>",
+            ),
+            "opsReference: provider and accountId differ",
+        ),
+        // An element of the right name in another namespace.
+        (
+            good.replace(
+                &format!("<vision:nationalCode>{ODS}</vision:nationalCode>"),
+                &format!(r#"<x:nationalCode xmlns:x="urn:other">{ODS}</x:nationalCode>"#),
+            ),
+            "target/nationalCode: not in the Vision namespace",
+        ),
+        (
+            good.replace("<vision:apiKey>", "<vision:key>").replace("</vision:apiKey>", "</vision:key>"),
+            "credentials: expected rosuAccountId, apiKey",
+        ),
+    ];
+    for (header, what) in cases {
+        assert_refused(&post_raw(&running, envelope_with_header(&header)).await, what);
+    }
+
+    // An offset is accepted as well as the UTC form the adapter sends; a message id is
+    // accepted once only.
+    let id = uuid::Uuid::new_v4().to_string();
+    let with_offset = chrono::Utc::now().to_rfc3339();
+    let answer = post_raw(&running, envelope_with_header(&corrected_header(&id, &with_offset))).await;
+    assert_eq!(answer.outcome, Outcome::Valid, "{answer:?}");
+    let again = post_raw(&running, envelope_with_header(&corrected_header(&id, &now))).await;
+    assert_refused(&again, "a message id already seen");
+    running.shutdown().await;
 }
 
 #[tokio::test]

@@ -14,8 +14,10 @@ const ENVELOPE: &str = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoa
     <vision:visionRequest>
       <vision:serviceDefinition><vision:name>VOS.GetConfiguration</vision:name><vision:version>2.3.0</vision:version></vision:serviceDefinition>
       <vision:serviceHeader>
+        <vision:id>0f8fad5b-d9cb-469f-a165-70867728950e</vision:id><vision:creationTime>2026-12-01T10:00:00</vision:creationTime>
+        <vision:target><vision:nationalCode>A12345</vision:nationalCode></vision:target>
         <vision:credentials><vision:rosuAccountId>1234567</vision:rosuAccountId><vision:apiKey>k&amp;y&lt;"q"&gt;</vision:apiKey></vision:credentials>
-        <vision:odsCode>A12345</vision:odsCode><vision:providerId>PROV-1</vision:providerId>
+        <vision:opsReference><vision:provider>PROV-1</vision:provider><vision:accountId>PROV-1</vision:accountId></vision:opsReference>
       </vision:serviceHeader>
       <vision:serviceContent/>
     </vision:visionRequest>

@@ -174,6 +174,18 @@ fn faults() {
     assert_eq!((e.code.as_deref(), e.message.as_deref()), (Some("-30"), Some("Auth — Texted")));
     // InvalidSecurity wins over a code: it is about our signature, not the token.
     assert_eq!(outcome(500, &fault("wsse:InvalidSecurity", Some("-30"))), Outcome::SupplierConfigError);
+    // A Client fault without a Vision code is our request refused as sent: our side,
+    // never a verdict (the shape real Vision refuses an old-shaped header with).
+    for code in ["soap:Client", "Client", "s:Client.Validation", "env:Sender"] {
+        let answer = classify(500, &fault(code, None));
+        assert_eq!(answer.outcome, Outcome::SupplierConfigError, "{code}");
+        assert_eq!(answer.evidence.detail.as_deref(), Some("request_refused"), "{code}");
+    }
+    // ... but a Vision code in a Client fault still goes by the table.
+    assert_eq!(outcome(500, &fault("soap:Client", Some("-30"))), Outcome::Invalid(Reason::TokenRejected));
+    assert_eq!(outcome(500, &fault("soap:Client", Some("-15"))), Outcome::transient());
+    // Names that only contain the word are not Client faults.
+    assert_eq!(outcome(500, &fault("soap:ClientTimeout", None)), Outcome::transient());
     // Any other fault is transient.
     let answer = classify(500, &fault("soap:Server", None));
     assert_eq!(answer.outcome, Outcome::transient());
@@ -244,9 +256,25 @@ fn dtds_xxe_and_billion_laughs_are_refused() {
     assert_eq!(outcome(200, &fine), Outcome::Valid);
 }
 
+fn header<'a>(ods: &'a str, rosu: &'a str, key: &'a str, provider: &'a str) -> ServiceHeader<'a> {
+    ServiceHeader {
+        id: Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap(),
+        creation_time: "2026-12-01T10:00:00.734Z".parse().unwrap(),
+        national_code: ods,
+        rosu_account_id: rosu,
+        api_key: key,
+        provider_id: provider,
+    }
+}
+
+/// The local names of an element's children, in order.
+fn names(element: &Element) -> Vec<&str> {
+    element.children.iter().map(|c| c.name.as_str()).collect()
+}
+
 #[test]
 fn the_envelope_is_escaped_and_namespaced() {
-    let envelope = configuration_envelope("ro<su>", "k&y\"'", "A<1", "prov&");
+    let envelope = configuration_envelope(&header("A<1", "ro<su>", "k&y\"'", "prov&"));
     let root = xml::parse(envelope.as_bytes()).expect("well formed");
     assert!(root.is(Some(SOAP_ENV), "Envelope"));
     assert!(root.child(Some(SOAP_ENV), "Header").is_some());
@@ -255,11 +283,37 @@ fn the_envelope_is_escaped_and_namespaced() {
     let text = |path: &[&str]| request.path(Some(VISION_NS), path).map(|e| e.text.clone());
     assert_eq!(text(&["serviceDefinition", "name"]).as_deref(), Some(SERVICE_NAME));
     assert_eq!(text(&["serviceDefinition", "version"]).as_deref(), Some(SERVICE_VERSION));
+    assert_eq!(text(&["serviceHeader", "id"]).as_deref(), Some("0f8fad5b-d9cb-469f-a165-70867728950e"));
+    // To the second, as im1-wire.md's example: the milliseconds are dropped.
+    assert_eq!(text(&["serviceHeader", "creationTime"]).as_deref(), Some("2026-12-01T10:00:00"));
+    assert_eq!(text(&["serviceHeader", "target", "nationalCode"]).as_deref(), Some("A<1"));
     assert_eq!(text(&["serviceHeader", "credentials", "rosuAccountId"]).as_deref(), Some("ro<su>"));
     assert_eq!(text(&["serviceHeader", "credentials", "apiKey"]).as_deref(), Some("k&y\"'"));
-    assert_eq!(text(&["serviceHeader", "odsCode"]).as_deref(), Some("A<1"));
-    assert_eq!(text(&["serviceHeader", "providerId"]).as_deref(), Some("prov&"));
+    assert_eq!(text(&["serviceHeader", "opsReference", "provider"]).as_deref(), Some("prov&"));
+    assert_eq!(text(&["serviceHeader", "opsReference", "accountId"]).as_deref(), Some("prov&"));
     assert!(request.child(Some(VISION_NS), "serviceContent").is_some());
+
+    // Every element in the Vision namespace, in the NHS App client's order; the old
+    // shape's `odsCode` and `providerId` are gone.
+    let service_header = request.child(Some(VISION_NS), "serviceHeader").expect("serviceHeader");
+    assert_eq!(names(service_header), ["id", "creationTime", "target", "credentials", "opsReference"]);
+    assert!(service_header.children.iter().all(|c| c.namespace.as_deref() == Some(VISION_NS)));
+    let child = |name: &str| service_header.child(Some(VISION_NS), name).expect(name);
+    assert_eq!(names(child("target")), ["nationalCode"]);
+    assert_eq!(names(child("credentials")), ["rosuAccountId", "apiKey"]);
+    assert_eq!(names(child("opsReference")), ["provider", "accountId"]);
+    assert!(request.find(Some(VISION_NS), "odsCode").is_none());
+    assert!(request.find(Some(VISION_NS), "providerId").is_none());
+}
+
+/// The request a reviewer can hold against the NHS App's Vision request model, byte for
+/// byte once the golden file's indentation between elements is taken out.
+#[test]
+fn the_envelope_matches_the_golden_request() {
+    let golden = include_str!("../../../tests/golden/vision-get-configuration.xml");
+    let golden: String = golden.lines().map(str::trim).collect();
+    let built = configuration_envelope(&header("A12345", "rosu-account-1", "api-key-1", "rp-provider-1"));
+    assert_eq!(built, golden);
 }
 
 fn decisive(answer: &Answer) -> bool {
