@@ -1,6 +1,7 @@
 //! Sweep throughput benchmark: `cargo bench --bench sweep -- [options]`.
 //!
-//! Seeds N EMIS credentials into a fresh database (through the import path), starts the
+//! Seeds N EMIS credentials into a fresh database through the real `credentials import`
+//! command (timed: rows per second and peak memory end to end), starts the
 //! simulator as its own process and the real `im1-revalidator sweep` as another, and
 //! reports checks per second, PostgreSQL statements per check (transactions committed in
 //! the bench database, read from `pg_stat_database`; every statement the sweep sends is
@@ -8,15 +9,13 @@
 //!
 //! Options: `--credentials N` (default 100000), `--latency-ms MS` (simulator delay per
 //! answer, default 0), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
-//! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`.
+//! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`, `--import-only` (stop
+//! after the import).
 //! Needs a PostgreSQL server: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use im1_revalidator::crypto::Keyring;
-use im1_revalidator::store::import::ImportTx;
-use im1_revalidator::token::parse_import_line;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 
@@ -31,6 +30,7 @@ struct Options {
     batch: Option<u64>,
     explain: bool,
     keep: bool,
+    import_only: bool,
 }
 
 fn options() -> Options {
@@ -42,6 +42,7 @@ fn options() -> Options {
         batch: None,
         explain: false,
         keep: false,
+        import_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -54,6 +55,7 @@ fn options() -> Options {
             "--batch" => o.batch = Some(value()),
             "--explain" => o.explain = true,
             "--keep" => o.keep = true,
+            "--import-only" => o.import_only = true,
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -83,14 +85,12 @@ async fn main() -> anyhow::Result<()> {
         "bench: {} credentials, simulator latency {} ms, concurrency {}",
         o.credentials, o.latency_ms, o.concurrency
     );
-    let seeded = Instant::now();
-    seed(&pool, o.credentials).await?;
+    seed(&url, o.credentials).await?;
     sqlx::query("VACUUM ANALYZE im1_credentials").execute(&pool).await?;
-    println!(
-        "seeded in {:.1}s ({:.0} rows/s through the import path)",
-        seeded.elapsed().as_secs_f64(),
-        o.credentials as f64 / seeded.elapsed().as_secs_f64()
-    );
+    if o.import_only {
+        finish(pool, conn, &db, o.keep).await?;
+        return Ok(());
+    }
 
     if o.explain {
         explain(&pool).await?;
@@ -133,17 +133,7 @@ async fn main() -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()?;
-        let pid = child.id();
-        let mut peak_kib = 0u64;
-        let status = loop {
-            if let Some(kib) = vm_hwm(pid) {
-                peak_kib = peak_kib.max(kib);
-            }
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (status, peak_kib) = measure(&mut child).await?;
         let wall = started.elapsed().as_secs_f64();
         let mut out = String::new();
         std::io::Read::read_to_string(child.stdout.as_mut().expect("piped"), &mut out)?;
@@ -174,13 +164,22 @@ async fn main() -> anyhow::Result<()> {
             sqlx::query("VACUUM ANALYZE im1_credentials").execute(&pool).await?;
         }
     }
-    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&pool).await?;
-    println!("database size {:.1} MiB", size as f64 / 1048576.0);
-
     sim.0.kill().ok();
     std::fs::remove_file(&scenario).ok();
+    finish(pool, conn, &db, o.keep).await
+}
+
+/// Reports the database's size, then drops it unless `keep`.
+async fn finish(pool: PgPool, mut conn: sqlx::PgConnection, db: &str, keep: bool) -> anyhow::Result<()> {
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&pool).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&pool).await?;
+    println!(
+        "database size {:.1} MiB ({:.0} bytes per credential)",
+        size as f64 / 1048576.0,
+        size as f64 / rows.max(1) as f64
+    );
     pool.close().await;
-    if o.keep {
+    if keep {
         println!("kept database {db}");
     } else {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).execute(&mut conn).await?;
@@ -189,24 +188,60 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seeds through the real import path (validation, encryption, batched upserts).
-async fn seed(pool: &PgPool, n: u64) -> anyhow::Result<()> {
-    let keys = Keyring::parse(KEY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut tx = ImportTx::begin(pool, &keys, chrono::Utc::now() - chrono::TimeDelta::minutes(1)).await?;
-    let mut batch = Vec::with_capacity(1000);
-    for i in 0..n {
-        let line = format!(
-            r#"{{"user_id":"bench-{i:08}","supplier":"emis","ods_code":"A{:05}","token":{{"access_identity_guid":"{}"}}}}"#,
-            i % 7000,
-            uuid::Uuid::new_v4()
-        );
-        batch.push((i + 1, parse_import_line(&line).map_err(|e| anyhow::anyhow!("{e:?}"))?));
-        if batch.len() == 1000 {
-            tx.add(std::mem::take(&mut batch)).await?;
+/// Waits for `child`, sampling its peak resident memory; returns its exit status and the
+/// peak in KiB.
+async fn measure(child: &mut Child) -> anyhow::Result<(std::process::ExitStatus, u64)> {
+    let pid = child.id();
+    let mut peak_kib = 0u64;
+    loop {
+        if let Some(kib) = vm_hwm(pid) {
+            peak_kib = peak_kib.max(kib);
         }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak_kib));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tx.add(batch).await?;
-    tx.commit().await?;
+}
+
+/// Seeds through the real import command, end to end: a JSON-lines file of `n` EMIS
+/// credentials, imported by `im1-revalidator credentials import FILE` (validation,
+/// AES-GCM, COPY into staging, duplicate detection, one set-based insert with events).
+async fn seed(url: &str, n: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = std::env::temp_dir().join(format!("im1-bench-import-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&file)?);
+        for i in 0..n {
+            writeln!(
+                out,
+                r#"{{"user_id":"bench-{i:08}","supplier":"emis","ods_code":"A{:05}","token":{{"access_identity_guid":"{}"}}}}"#,
+                i % 7000,
+                uuid::Uuid::new_v4()
+            )?;
+        }
+        out.flush()?;
+    }
+    let bytes = std::fs::metadata(&file)?.len();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["credentials", "import"])
+        .arg(&file)
+        .env("DATABASE_URL", url)
+        .env("IM1_ENCRYPTION_KEYS", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (status, peak_kib) = measure(&mut child).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&file).ok();
+    anyhow::ensure!(status.success(), "import failed: {status}");
+    println!(
+        "import: {n} lines ({:.0} MiB) in {seconds:.1}s = {:.0} rows/s end to end; peak RSS {:.1} MiB",
+        bytes as f64 / 1048576.0,
+        n as f64 / seconds,
+        peak_kib as f64 / 1024.0
+    );
     Ok(())
 }
 

@@ -163,6 +163,16 @@ GRANT SELECT ON TABLE im1_credential_status TO im1_worker;
 -- The identity column needs no sequence grant: identity values are drawn without a
 -- privilege check on the sequence.
 GRANT SELECT, INSERT, DELETE ON TABLE im1_credential_events TO im1_worker;
+-- The events table is partitioned by month; its partitions are granted to nobody (rows are
+-- read, written and deleted through the partitioned table). Creating the coming months and
+-- dropping the months past retention is DDL the worker may not run itself: two SECURITY
+-- DEFINER functions owned by the owner do it (events.rs). The migration revoked them from
+-- PUBLIC; im1_events_ensure_month is called only by im1_events_ensure_months.
+REVOKE ALL ON FUNCTION im1_events_ensure_month(timestamptz) FROM PUBLIC, im1_worker, im1_reader;
+REVOKE ALL ON FUNCTION im1_events_ensure_months(timestamptz, integer), im1_events_drop_months_before(timestamptz)
+    FROM PUBLIC, im1_reader;
+GRANT EXECUTE ON FUNCTION im1_events_ensure_months(timestamptz, integer), im1_events_drop_months_before(timestamptz)
+    TO im1_worker;
 
 -- Sweep records: INSERT ... RETURNING id at start, UPDATE at finish, SELECT for the last
 -- successful sweep (sweeps.rs). Never deleted by the service.

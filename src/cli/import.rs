@@ -1,9 +1,10 @@
 //! `credentials import [PATH|-] [--skip-invalid]`: JSON lines in, validated first.
 //!
 //! The file is streamed: lines are read with a length bound, validated, encrypted and
-//! stored in batches inside one transaction, so memory stays flat for a million lines and
-//! a rejected file changes nothing. Every bad line is reported by number and reason, never
-//! with its content.
+//! copied into a staging table inside one transaction ([`BulkImport`]), so memory stays
+//! flat for ten million lines and a rejected file changes nothing. Every bad line is
+//! reported by number and reason, never with its content; lines repeating an earlier
+//! user id are found once the whole file is staged, and reported last.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use super::CliError;
 use super::progress::{Progress, Unit};
 use crate::config::Settings;
-use crate::store::import::ImportTx;
-use crate::token::{NewCredential, parse_import_line};
+use crate::store::bulk_import::BulkImport;
+use crate::token::parse_import_line;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,8 +29,6 @@ pub struct Args {
 
 /// Longest line accepted, in bytes. A real line is a few hundred.
 pub const MAX_LINE: usize = 64 * 1024;
-/// Lines per database batch.
-const BATCH: usize = 1000;
 
 pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
     let keys = settings.require_keys()?;
@@ -49,7 +48,7 @@ pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
         Some(p) if p.as_os_str() != "-" => tokio::fs::metadata(p).await.ok().map(|m| m.len()),
         _ => None,
     };
-    let mut tx = ImportTx::begin(&pool, keys, clock.now()).await?;
+    let mut tx = BulkImport::begin(&pool, keys, clock.now()).await?;
     let read = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("import", Unit::Bytes, size, read.clone());
     let outcome = import(reader, &mut tx, &read, |line, problem| {
@@ -69,6 +68,7 @@ pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
             outcome.bad_lines, outcome.lines
         )));
     }
+    tx.write().await?;
     let stats = tx.commit().await?;
     println!(
         "imported {} line(s): {} new, {} replaced, {} unchanged{}",
@@ -90,10 +90,12 @@ pub struct ReadOutcome {
 }
 
 /// Reads every line, reports each bad one through `report(line_number, problem)`, and
-/// adds the good ones to `tx` in batches. `read` counts the bytes consumed (progress).
+/// stages the good ones in `tx`; then takes out the lines that repeat an earlier user id
+/// and reports them. `read` counts the bytes consumed (progress). Nothing is written
+/// until [`BulkImport::write`].
 pub async fn import<R, F>(
     mut reader: R,
-    tx: &mut ImportTx<'_>,
+    tx: &mut BulkImport<'_>,
     read: &AtomicU64,
     mut report: F,
 ) -> Result<ReadOutcome, CliError>
@@ -104,7 +106,6 @@ where
     let mut outcome = ReadOutcome::default();
     let mut number = 0u64;
     let mut buf = Vec::with_capacity(1024);
-    let mut batch: Vec<(u64, NewCredential)> = Vec::with_capacity(BATCH);
     loop {
         number += 1;
         let line = match read_bounded_line(&mut reader, &mut buf).await {
@@ -133,33 +134,19 @@ where
         }
         outcome.lines += 1;
         match parse_import_line(text) {
-            Ok(cred) => batch.push((number, cred)),
+            Ok(cred) => tx.stage(number, cred).await?,
             Err(problems) => {
                 outcome.bad_lines += 1;
                 let joined: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 report(number, joined.join("; "));
             }
         }
-        if batch.len() >= BATCH {
-            add(tx, &mut batch, &mut outcome, &mut report).await?;
-        }
     }
-    add(tx, &mut batch, &mut outcome, &mut report).await?;
-    Ok(outcome)
-}
-
-async fn add<F: FnMut(u64, String)>(
-    tx: &mut ImportTx<'_>,
-    batch: &mut Vec<(u64, NewCredential)>,
-    outcome: &mut ReadOutcome,
-    report: &mut F,
-) -> Result<(), CliError> {
-    let duplicates = tx.add(std::mem::take(batch)).await?;
-    for d in duplicates {
+    for d in tx.duplicates().await? {
         outcome.bad_lines += 1;
         report(d.line, format!("user_id: repeats line {}", d.first_line));
     }
-    Ok(())
+    Ok(outcome)
 }
 
 enum Line<'a> {

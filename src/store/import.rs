@@ -1,5 +1,6 @@
-//! Storing new tokens: `credentials import` (and later the API's PUT) in batches inside
-//! one transaction, so a rejected file changes nothing.
+//! Storing new tokens row by row: the API's PUT, the demo, and the replacements of a bulk
+//! import ([`super::bulk_import`]), in batches inside one transaction, so a rejected file
+//! changes nothing.
 //!
 //! Per batch: duplicates within the file are caught through a temporary table of the user
 //! ids seen so far (memory stays flat for a million lines); existing rows are locked and
@@ -63,6 +64,19 @@ impl<'k> ImportTx<'k> {
         let batch: Vec<_> = batch.into_iter().filter(|(line, _)| !duplicates.iter().any(|d| d.line == *line)).collect();
         self.store(batch).await?;
         Ok(duplicates)
+    }
+
+    /// The import's connection, inside its transaction (the bulk path's statements).
+    pub(super) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
+    pub(super) fn keys(&self) -> &'k Keyring {
+        self.keys
+    }
+
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 
     pub async fn commit(self) -> sqlx::Result<ImportStats> {

@@ -71,6 +71,7 @@ macro_rules! standing_row {
     };
 }
 
+pub mod bulk_import;
 pub mod canaries;
 pub mod claims;
 pub mod credentials;

@@ -45,12 +45,23 @@ const PRIORITY_POLL: Duration = Duration::from_millis(250);
 /// How often old event rows are pruned (every replica may; the deletes are idempotent).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes event rows older than the retention; failures are logged, never fatal.
+/// Creates the event partitions of this month and the next three, then removes event rows
+/// older than the retention (whole months dropped, the rest deleted in batches); failures
+/// are logged, never fatal.
 pub async fn prune_events(engine: &Engine, retention: Duration) {
-    let before = engine.clock.now() - super::delta(retention);
+    let now = engine.clock.now();
+    if let Err(e) = crate::store::events::ensure_months(&engine.pool, now).await {
+        tracing::warn!(error = %e, "could not create the coming months' event partitions");
+    }
+    let before = now - super::delta(retention);
     match crate::store::events::prune(&engine.pool, before).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned event rows past IM1_EVENT_RETENTION"),
+        Ok(pruned) if pruned.total() == 0 => {}
+        Ok(pruned) => tracing::info!(
+            deleted = pruned.total(),
+            in_dropped_months = pruned.dropped,
+            deleted_by_row = pruned.deleted,
+            "pruned event rows past IM1_EVENT_RETENTION"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not prune old event rows"),
     }
     // Window counts and dead processes' heartbeat rows outlive every window by an hour.

@@ -152,6 +152,7 @@ async fn grants_are_exactly_those_roles_sql_documents(pool: PgPool) {
           FROM pg_class c
          WHERE c.relnamespace = current_schema()::regnamespace
            AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+           AND NOT c.relispartition
          ORDER BY c.relname
         "#,
     )
@@ -175,6 +176,42 @@ async fn grants_are_exactly_those_roles_sql_documents(pool: PgPool) {
     .map(|(t, w, r)| (t.to_owned(), (w.to_owned(), r.to_owned())))
     .collect();
     assert_eq!(actual, expected, "(worker, reader) privileges per relation; a new table needs a line in roles.sql");
+
+    // The events' monthly partitions are reached through the partitioned table only.
+    let reachable: Vec<String> = sqlx::query_scalar(
+        r#"
+        SELECT c.relname::text FROM pg_class c
+         WHERE c.relnamespace = current_schema()::regnamespace AND c.relispartition
+           AND (has_table_privilege('im1_worker', c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE')
+                OR has_table_privilege('im1_reader', c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE'))
+        "#,
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reachable, Vec::<String>::new(), "no partition is granted directly");
+    // Their upkeep runs as the owner, through two functions only the worker may call.
+    let functions: Vec<(String, bool, bool)> = sqlx::query_as(
+        r#"
+        SELECT p.proname::text, has_function_privilege('im1_worker', p.oid, 'EXECUTE'),
+               has_function_privilege('im1_reader', p.oid, 'EXECUTE')
+          FROM pg_proc p
+         WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'im1_events_%'
+         ORDER BY p.proname
+        "#,
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let functions: Vec<(&str, bool, bool)> = functions.iter().map(|(n, w, r)| (n.as_str(), *w, *r)).collect();
+    assert_eq!(
+        functions,
+        [
+            ("im1_events_drop_months_before", true, false),
+            ("im1_events_ensure_month", false, false),
+            ("im1_events_ensure_months", true, false),
+        ]
+    );
 
     let (flags, schema, database): (Vec<bool>, Vec<bool>, Vec<bool>) = sqlx::query_as(
         r#"
@@ -244,10 +281,20 @@ async fn the_worker_cannot_change_the_schema_or_rewrite_the_audit_trail(pool: Pg
         .expect("the worker may create import's temporary table");
     tx.rollback().await.unwrap();
     assert_eq!(count(&worker, "SELECT count(*) FROM im1_credential_events").await, 1);
-    let pruned = im1_revalidator::store::events::prune(&worker, chrono::Utc::now() + chrono::TimeDelta::days(1))
+    // The import's event (at t0) moves from the default partition into its month's, which
+    // the worker has created.
+    let made = im1_revalidator::store::events::ensure_months(&worker, t0())
         .await
-        .expect("the worker prunes events");
-    assert_eq!(pruned, 1);
+        .expect("the worker creates the coming months' event partitions");
+    assert_eq!(made, 4);
+    let pruned = im1_revalidator::store::events::prune(&worker, t0() + chrono::TimeDelta::days(100))
+        .await
+        .expect("the worker prunes events, dropping whole months");
+    assert_eq!(pruned.total(), 1);
+    assert_eq!(pruned.dropped, 1, "t0's month is dropped whole");
+    // ... through the maintenance functions only: the partitions themselves are out of reach.
+    assert_denied(&worker, "DROP TABLE im1_credential_events_default").await;
+    assert_denied(&worker, "SELECT count(*) FROM im1_credential_events_default").await;
     worker.close().await;
 
     // `migrate` runs as the owner; as the worker it stops at the first statement.

@@ -485,3 +485,60 @@ async fn priority_requests_never_starve_scheduled_work(pool: PgPool) {
             .unwrap();
     assert_eq!(pending, 0);
 }
+
+/// Retention at scale: a month wholly past the horizon is dropped as a partition (its rows
+/// counted, never deleted one by one); the horizon's own month loses only its older rows;
+/// events of a month not created yet wait in the default partition and move into their
+/// month when it is created.
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn retention_drops_whole_months_and_trims_the_horizons_month(pool: PgPool) {
+    use chrono::{TimeZone, Utc};
+    use im1_revalidator::store::events;
+    let app = spawn_app(pool).await;
+    let partition_of = |user: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT tableoid::regclass::text FROM im1_credential_events WHERE user_id = $1",
+            )
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Events in March and early and late June 2025; June's month created beforehand.
+    let june = Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap();
+    assert_eq!(events::ensure_months(&app.pool, june).await.unwrap(), 4);
+    app.clock.set(Utc.with_ymd_and_hms(2025, 3, 10, 12, 0, 0).unwrap());
+    app.emis_user("march", &[]).await;
+    app.clock.set(june + TimeDelta::days(2));
+    app.emis_user("early-june", &[]).await;
+    app.clock.set(june + TimeDelta::days(20));
+    app.emis_user("late-june", &[]).await;
+    assert_eq!(partition_of("march").await, "im1_credential_events_default");
+    assert_eq!(partition_of("early-june").await, "im1_credential_events_y2025m06");
+
+    // March's month is created late: its row moves out of the default partition.
+    assert_eq!(events::ensure_months(&app.pool, Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap()).await.unwrap(), 4);
+    assert_eq!(partition_of("march").await, "im1_credential_events_y2025m03");
+
+    // The horizon falls on 10 June: March (and April, May) go whole; June keeps its late row.
+    let pruned = events::prune(&app.pool, june + TimeDelta::days(10)).await.unwrap();
+    assert_eq!(pruned, events::Pruned { dropped: 1, deleted: 1 });
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM im1_credential_events WHERE at < '2025-07-01' ORDER BY user_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, ["late-june"]);
+    let months: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'im1_credential_events'::regclass AND c.relname < 'im1_credential_events_y2025m07'
+          ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(months, ["im1_credential_events_default", "im1_credential_events_y2025m06"]);
+}
