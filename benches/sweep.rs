@@ -8,7 +8,8 @@
 //! its own transaction) and the sweep process's peak resident memory (VmHWM).
 //!
 //! Options: `--credentials N` (default 100000), `--latency-ms MS` (simulator delay per
-//! answer, default 0), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
+//! answer, default 0; the mean with `--latency-spread-ms SD`, log-normal), `--tail-share F`
+//! and `--tail-ms MS` (that share of answers takes that long), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
 //! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`, `--import-only` (stop
 //! after the import).
 //! Needs a PostgreSQL server: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres.
@@ -25,6 +26,9 @@ const KEY: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 struct Options {
     credentials: u64,
     latency_ms: u64,
+    latency_spread_ms: u64,
+    tail_share: f64,
+    tail_ms: u64,
     concurrency: usize,
     sweeps: u32,
     batch: Option<u64>,
@@ -37,6 +41,9 @@ fn options() -> Options {
     let mut o = Options {
         credentials: 100_000,
         latency_ms: 0,
+        latency_spread_ms: 0,
+        tail_share: 0.0,
+        tail_ms: 0,
         concurrency: 64,
         sweeps: 1,
         batch: None,
@@ -50,6 +57,11 @@ fn options() -> Options {
         match a.as_str() {
             "--credentials" => o.credentials = value(),
             "--latency-ms" => o.latency_ms = value(),
+            "--latency-spread-ms" => o.latency_spread_ms = value(),
+            "--tail-ms" => o.tail_ms = value(),
+            "--tail-share" => {
+                o.tail_share = args.next().and_then(|v| v.parse::<f64>().ok()).expect("a share after --tail-share")
+            }
             "--concurrency" => o.concurrency = value() as usize,
             "--sweeps" => o.sweeps = value() as u32,
             "--batch" => o.batch = Some(value()),
@@ -98,7 +110,17 @@ async fn main() -> anyhow::Result<()> {
 
     let port = free_port()?;
     let scenario = std::env::temp_dir().join(format!("{db}.json"));
-    std::fs::write(&scenario, format!(r#"{{"latency_ms": {}, "count_by_token": false}}"#, o.latency_ms))?;
+    std::fs::write(
+        &scenario,
+        serde_json::json!({
+            "latency_ms": o.latency_ms,
+            "latency_spread_ms": o.latency_spread_ms,
+            "tail_share": o.tail_share,
+            "tail_ms": o.tail_ms,
+            "count_by_token": false,
+        })
+        .to_string(),
+    )?;
     let mut sim = Kill(
         Command::new(BIN)
             .args(["simulate", "--addr", &format!("127.0.0.1:{port}"), "--scenario"])
@@ -133,7 +155,11 @@ async fn main() -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = tokio::spawn(sample_in_flight(port, stop.clone()));
         let (status, peak_kib) = measure(&mut child).await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let in_flight = sampler.await?;
         let wall = started.elapsed().as_secs_f64();
         let mut out = String::new();
         std::io::Read::read_to_string(child.stdout.as_mut().expect("piped"), &mut out)?;
@@ -153,11 +179,14 @@ async fn main() -> anyhow::Result<()> {
             report["outcomes"]
         );
         if o.latency_ms > 0 {
-            let ideal = o.concurrency as f64 / (o.latency_ms as f64 / 1000.0);
+            // The mean answer time the simulator was asked for, tail included.
+            let mean_ms = (1.0 - o.tail_share) * o.latency_ms as f64 + o.tail_share * o.tail_ms as f64;
+            let ideal = o.concurrency as f64 / (mean_ms / 1000.0);
             println!(
-                "  ideal concurrency/latency = {ideal:.0} checks/s; achieved {:.1} %",
+                "  ideal concurrency/mean latency ({mean_ms:.0} ms) = {ideal:.0} checks/s; achieved {:.1} %",
                 100.0 * checks as f64 / seconds / ideal
             );
+            println!("  {}", slot_use(&in_flight, o.concurrency));
         }
         if n < o.sweeps {
             sqlx::query("UPDATE im1_credentials SET next_check_at = '-infinity'").execute(&pool).await?;
@@ -167,6 +196,47 @@ async fn main() -> anyhow::Result<()> {
     sim.0.kill().ok();
     std::fs::remove_file(&scenario).ok();
     finish(pool, conn, &db, o.keep).await
+}
+
+/// Samples, every 100 ms until `stop`, how many requests the simulator is serving: the
+/// sweep's busy check slots, seen from the supplier's side.
+async fn sample_in_flight(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut samples = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut answer = String::new();
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request = "GET /_sim/in-flight HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n";
+            if stream.write_all(request.as_bytes()).await.is_ok() {
+                let _ = stream.read_to_string(&mut answer).await;
+            }
+        }
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        if let Ok(counts) = serde_json::from_str::<serde_json::Value>(body) {
+            samples.push(["emis", "tpp", "vision"].iter().filter_map(|s| counts[s].as_u64()).sum());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    samples
+}
+
+/// How full the check slots were, leaving out the first and last 10 % of samples (the
+/// sweep filling its slots and draining them).
+fn slot_use(samples: &[u64], concurrency: usize) -> String {
+    let trim = samples.len() / 10;
+    let steady = &samples[trim..samples.len() - trim];
+    if steady.is_empty() {
+        return "slot use: too few samples".to_owned();
+    }
+    let mean = steady.iter().sum::<u64>() as f64 / steady.len() as f64;
+    let idle = steady.iter().filter(|&&n| (n as f64) < 0.95 * concurrency as f64).count();
+    format!(
+        "slot use over {} samples (steady state): mean {mean:.0} of {concurrency} in flight ({:.1} %); \
+         {:.1} % of samples had more than 5 % of slots idle",
+        steady.len(),
+        100.0 * mean / concurrency as f64,
+        100.0 * idle as f64 / steady.len() as f64
+    )
 }
 
 /// Reports the database's size, then drops it unless `keep`.

@@ -69,6 +69,10 @@ impl CallLog {
         self.lock().iter().copied().collect()
     }
 
+    pub(super) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     pub(super) fn max_in_flight(&self) -> u64 {
         self.max_in_flight.load(Ordering::Relaxed)
     }

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `GET /_sim/calls` | totals per supplier and endpoint ([`CallCounts`]) |
 //! | `GET /_sim/calls/{token}` | `{"calls": n}`: check calls for that token (EMIS `AccessIdentityGuid`, TPP `accountId`, Vision `rosuAccountId`) |
+//! | `GET /_sim/in-flight` | `{"emis", "tpp", "vision"}`: requests each supplier is serving now |
 //! | `GET /_sim/calls/log/{supplier}` | `{"supplier", "times", "max_in_flight"}`: arrival times (seconds since start) of the supplier's last 200,000 requests and the most served at once |
 //! | `PUT /_sim/tokens/{token}` | body: a list of [`Step`]s, the token's script (`[]` removes it) |
 //! | `DELETE /_sim/tokens/{token}` | removes the token's script |
@@ -95,6 +96,8 @@ struct Inner {
     /// Milliseconds added before every supplier answer; changed at run time by
     /// `PUT /_sim/latency` (a supplier that turns slow and recovers).
     latency_ms: AtomicU64,
+    /// The shape of each answer's latency around `latency_ms`.
+    latency_shape: LatencyShape,
     /// Share of answers turned into 503s, already clamped to 0..=1.
     error_rate: f64,
     count_by_token: bool,
@@ -114,6 +117,36 @@ struct Inner {
     /// Bumped when a server stops, to release `hang` and delayed answers so a graceful
     /// shutdown does not wait an hour for them.
     release: watch::Sender<u64>,
+}
+
+/// How one answer's latency is drawn around the mean (`latency_ms`, which can change while
+/// serving): log-normal with standard deviation `spread_ms` (exactly the mean when 0), and
+/// with probability `tail_share` a tail answer of `tail_ms` instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct LatencyShape {
+    spread_ms: u64,
+    tail_share: f64,
+    tail_ms: u64,
+}
+
+impl LatencyShape {
+    fn sample(&self, mean_ms: u64, rng: &mut impl rand::Rng) -> u64 {
+        if self.tail_share > 0.0 && rng.random::<f64>() < self.tail_share {
+            return self.tail_ms;
+        }
+        if self.spread_ms == 0 || mean_ms == 0 {
+            return mean_ms;
+        }
+        // A log-normal with this mean and standard deviation: sigma² = ln(1 + (sd/mean)²),
+        // mu = ln(mean) - sigma²/2; one standard normal draw by Box-Muller.
+        let (mean, sd) = (mean_ms as f64, self.spread_ms as f64);
+        let sigma2 = (1.0 + (sd / mean).powi(2)).ln();
+        let mu = mean.ln() - sigma2 / 2.0;
+        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.random();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (mu + sigma2.sqrt() * z).exp().round() as u64
+    }
 }
 
 /// The simulator's shared state. Cheap to clone; every clone is the same simulator.
@@ -157,6 +190,11 @@ impl Simulator {
         Simulator {
             inner: Arc::new(Inner {
                 latency_ms: AtomicU64::new(scenario.latency_ms),
+                latency_shape: LatencyShape {
+                    spread_ms: scenario.latency_spread_ms,
+                    tail_share: if scenario.tail_share.is_nan() { 0.0 } else { scenario.tail_share.clamp(0.0, 1.0) },
+                    tail_ms: scenario.tail_ms,
+                },
                 error_rate,
                 count_by_token: scenario.count_by_token,
                 scripts: RwLock::new(Scripts { default: scenario.default, by_token }),
@@ -291,6 +329,11 @@ impl Simulator {
 
     /// The most requests `supplier`'s routes were serving at once (a `hang` or a delay
     /// counts until it answers or is released), since start or the last reset.
+    /// Requests the supplier's routes are serving now.
+    pub fn in_flight(&self, supplier: Supplier) -> u64 {
+        self.call_log(supplier).in_flight()
+    }
+
     pub fn max_in_flight(&self, supplier: Supplier) -> u64 {
         self.call_log(supplier).max_in_flight()
     }
@@ -352,10 +395,11 @@ impl Simulator {
         }
     }
 
-    /// Waits the scenario's latency plus `extra_ms`. Returns `false` when released early
-    /// by a shutdown.
+    /// Waits the scenario's latency (drawn from its shape) plus `extra_ms`. Returns
+    /// `false` when released early by a shutdown.
     async fn pause(&self, extra_ms: u64) -> bool {
-        let wait = Duration::from_millis(self.latency_ms().saturating_add(extra_ms));
+        let latency = self.inner.latency_shape.sample(self.latency_ms(), &mut rand::rng());
+        let wait = Duration::from_millis(latency.saturating_add(extra_ms));
         if wait.is_zero() {
             return true;
         }
@@ -489,6 +533,7 @@ fn control_routes() -> Router<Simulator> {
         .route("/_sim/tokens/{token}", put(put_script).delete(delete_script))
         .route("/_sim/default", get(get_default).put(put_default))
         .route("/_sim/latency", get(get_latency).put(put_latency))
+        .route("/_sim/in-flight", get(get_in_flight))
         .route("/_sim/outage/{supplier}", post(start_outage).delete(end_outage))
         .route("/_sim/emis/expire-sessions", post(expire_sessions))
         .route("/_sim/reset", post(reset))
@@ -564,6 +609,16 @@ async fn put_default(State(sim): State<Simulator>, body: Bytes) -> Result<Status
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /_sim/in-flight`: requests each supplier is serving right now (a benchmark samples
+/// it to see how many of the service's check slots are busy).
+async fn get_in_flight(State(sim): State<Simulator>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "emis": sim.in_flight(Supplier::Emis),
+        "tpp": sim.in_flight(Supplier::Tpp),
+        "vision": sim.in_flight(Supplier::Vision),
+    }))
+}
+
 /// The body of `GET|PUT /_sim/latency`.
 #[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -604,6 +659,26 @@ async fn reset(State(sim): State<Simulator>) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_is_log_normal_around_the_mean_with_a_tail() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+        let shape = LatencyShape { spread_ms: 100, tail_share: 0.01, tail_ms: 5000 };
+        let draws: Vec<u64> = (0..20_000).map(|_| shape.sample(300, &mut rng)).collect();
+        let (tail, body): (Vec<u64>, Vec<u64>) = draws.iter().partition(|&&ms| ms == 5000);
+        let share = tail.len() as f64 / draws.len() as f64;
+        assert!((0.007..0.013).contains(&share), "tail share {share}");
+        let mean = body.iter().sum::<u64>() as f64 / body.len() as f64;
+        let sd = (body.iter().map(|&ms| (ms as f64 - mean).powi(2)).sum::<f64>() / body.len() as f64).sqrt();
+        assert!((290.0..310.0).contains(&mean), "mean {mean}");
+        assert!((90.0..110.0).contains(&sd), "sd {sd}");
+        assert!(body.iter().all(|&ms| ms > 0 && ms < 5000), "log-normal: positive, and no tail among them");
+        // Without a spread every answer waits exactly the mean; with no mean, nothing.
+        let flat = LatencyShape::default();
+        assert_eq!(flat.sample(250, &mut rng), 250);
+        assert_eq!(LatencyShape { spread_ms: 100, ..flat }.sample(0, &mut rng), 0);
+    }
 
     #[test]
     fn scripts_step_through_and_repeat_the_last() {

@@ -4,7 +4,10 @@
 //! ```json
 //! {
 //!   "default": "valid",
-//!   "latency_ms": 0,
+//!   "latency_ms": 300,
+//!   "latency_spread_ms": 100,
+//!   "tail_share": 0.01,
+//!   "tail_ms": 5000,
 //!   "error_rate": 0.0,
 //!   "count_by_token": true,
 //!   "tokens": {
@@ -335,8 +338,17 @@ impl<'de> Deserialize<'de> for Step {
 pub struct Scenario {
     /// How tokens without a script are answered.
     pub default: Step,
-    /// Added before every answer of every supplier endpoint.
+    /// Added before every answer of every supplier endpoint: the mean, when
+    /// `latency_spread_ms` is set.
     pub latency_ms: u64,
+    /// The standard deviation of a log-normal latency whose mean is `latency_ms` (real GP
+    /// systems answer in a few hundred milliseconds, never in exactly the same time). 0:
+    /// every answer waits exactly `latency_ms`.
+    pub latency_spread_ms: u64,
+    /// The share of answers (0.0 to 1.0) that wait `tail_ms` instead: a slow tail.
+    pub tail_share: f64,
+    /// How long a tail answer waits.
+    pub tail_ms: u64,
     /// The share of answers (0.0 to 1.0) turned into a 503 without `Retry-After`.
     pub error_rate: f64,
     /// Count checks per token. Off for benchmarks with millions of tokens, where the
@@ -372,6 +384,9 @@ impl Default for Scenario {
         Scenario {
             default: Step::default(),
             latency_ms: 0,
+            latency_spread_ms: 0,
+            tail_share: 0.0,
+            tail_ms: 0,
             error_rate: 0.0,
             count_by_token: true,
             tokens: BTreeMap::new(),
@@ -404,10 +419,13 @@ impl Scenario {
         Scenario::from_json(&std::fs::read_to_string(path)?)
     }
 
-    /// `error_rate` within 0..=1 and every script non-empty.
+    /// `error_rate` and `tail_share` within 0..=1 and every script non-empty.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ScenarioError::Invalid("error_rate must be between 0.0 and 1.0".into()));
+        }
+        if !(0.0..=1.0).contains(&self.tail_share) {
+            return Err(ScenarioError::Invalid("tail_share must be between 0.0 and 1.0".into()));
         }
         if self.tokens.values().any(Vec::is_empty) {
             return Err(ScenarioError::Invalid("a token's script must list at least one step".into()));
