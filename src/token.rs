@@ -58,6 +58,9 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Longest token field accepted, in characters (real ones are GUIDs and short keys).
+pub const MAX_TOKEN_FIELD: usize = 1024;
+
 /// (field name, required) per supplier, in the order they are stored.
 fn fields_of(supplier: Supplier) -> &'static [(&'static str, bool)] {
     match supplier {
@@ -80,7 +83,16 @@ impl Token {
 
     /// Validates a token object for `supplier`: an object, every required field a
     /// non-empty string, no unknown field (Microtest's fields are ignored).
+    ///
+    /// Input (an import line, the API's PUT) is held to more: each field at most
+    /// [`MAX_TOKEN_FIELD`] characters and no control character (NUL included).
     pub fn from_value(supplier: Supplier, value: &Value) -> Result<Token, Vec<FieldError>> {
+        Token::from_value_with(supplier, value, true)
+    }
+
+    /// `input`: apply the input-only bounds. A stored token is read back without them, so a
+    /// token stored before they existed is still checked, never skipped over a new rule.
+    fn from_value_with(supplier: Supplier, value: &Value, input: bool) -> Result<Token, Vec<FieldError>> {
         let Some(object) = value.as_object() else {
             return Err(vec![FieldError::new("token", "must be a JSON object")]);
         };
@@ -99,11 +111,24 @@ impl Token {
         }
         let mut take = |name: &str, required: bool| -> Option<SecretString> {
             match object.get(name) {
-                Some(Value::String(s)) if !s.is_empty() => Some(SecretString::from(s.as_str())),
-                Some(Value::String(_)) => {
+                Some(Value::String(s)) if s.is_empty() => {
                     errors.push(FieldError::new(format!("token.{name}"), "must not be empty"));
                     None
                 }
+                Some(Value::String(s)) if input && s.chars().count() > MAX_TOKEN_FIELD => {
+                    errors.push(FieldError::new(
+                        format!("token.{name}"),
+                        format!("must be at most {MAX_TOKEN_FIELD} characters"),
+                    ));
+                    None
+                }
+                // A NUL or other control character has no place in a token, and XML (the
+                // TPP and Vision requests) cannot carry most of them.
+                Some(Value::String(s)) if input && s.chars().any(char::is_control) => {
+                    errors.push(FieldError::new(format!("token.{name}"), "must contain only printable characters"));
+                    None
+                }
+                Some(Value::String(s)) => Some(SecretString::from(s.as_str())),
                 Some(_) => {
                     errors.push(FieldError::new(format!("token.{name}"), "must be a string"));
                     None
@@ -187,7 +212,7 @@ impl Token {
     pub fn from_plaintext(supplier: Supplier, plaintext: &str) -> Result<Token, Vec<FieldError>> {
         let value: Value = serde_json::from_str(plaintext)
             .map_err(|_| vec![FieldError::new("token", "stored token is not a JSON object")])?;
-        Token::from_value(supplier, &value)
+        Token::from_value_with(supplier, &value, false)
     }
 
     /// Same supplier and same secret values.

@@ -62,6 +62,9 @@ pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
     .await;
     progress.finish().await;
     let outcome = outcome?;
+    if outcome.bom_skipped {
+        eprintln!("note: the input starts with a UTF-8 byte-order mark; it was skipped");
+    }
     if outcome.bad_lines > 0 && !args.skip_invalid {
         tx.rollback().await?;
         return Err(CliError::Input(format!(
@@ -87,7 +90,12 @@ pub struct ReadOutcome {
     /// Non-blank lines read.
     pub lines: u64,
     pub bad_lines: u64,
+    /// The input started with a UTF-8 byte-order mark, which was skipped.
+    pub bom_skipped: bool,
 }
+
+/// The UTF-8 byte-order mark (U+FEFF), skipped at the very start of the input only.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads every line, reports each bad one through `report(line_number, problem)`, and
 /// adds the good ones to `tx` in batches. `read` counts the bytes consumed (progress).
@@ -119,6 +127,12 @@ where
                 outcome.bad_lines += 1;
                 report(number, format!("line is longer than {MAX_LINE} bytes"));
                 continue;
+            }
+            // Exports from Windows tools often start with a UTF-8 byte-order mark; it is not
+            // part of the first line's JSON.
+            Line::Text(bytes) if number == 1 && bytes.starts_with(UTF8_BOM) => {
+                outcome.bom_skipped = true;
+                &bytes[UTF8_BOM.len()..]
             }
             Line::Text(bytes) => bytes,
         };

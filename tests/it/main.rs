@@ -8,6 +8,7 @@ mod canary;
 mod emis_adapter;
 mod guard;
 mod helpers;
+mod hostile;
 mod import;
 mod keys;
 mod lifecycle;
