@@ -221,10 +221,12 @@ impl Token {
     }
 }
 
-/// A key name is echoed in an error only when it is short and printable; anything else
-/// (it could be a token pasted as a key) is replaced.
-fn printable_key(key: &str) -> &str {
-    let ok = key.len() <= 40 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+/// A key name is echoed in an error only when it looks like a field name: 1–40 lowercase
+/// letters and underscores. Anything else (it could be a token pasted as a key: a GUID,
+/// a passphrase, a key with digits or dashes) is replaced. The parser fuzzing found the
+/// earlier rule (40 letters, digits, `_` or `-`) echoing a GUID pasted as a key.
+pub fn printable_key(key: &str) -> &str {
+    let ok = (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     if ok { key } else { "<unprintable field name>" }
 }
 
@@ -442,6 +444,22 @@ mod tests {
             "S".repeat(50)
         );
         assert_eq!(errors(&bad_key), ["token.<unprintable field name>: is not a emis token field"]);
+    }
+
+    #[test]
+    fn a_token_pasted_as_a_field_name_is_never_echoed() {
+        // Found by tests/it/fuzz.rs: a GUID (36 characters of hex and dashes) passed the
+        // old "printable" rule and was quoted in the error.
+        let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+        for key in [guid, "SECRETPASSPHRASE", "passphrase2", "Token"] {
+            let line = format!(
+                r#"{{"user_id":"u","supplier":"emis","ods_code":"ABC","token":{{"access_identity_guid":"g","{key}":"x"}},"{key}":1}}"#
+            );
+            let found = errors(&line).concat();
+            assert!(!found.contains(key), "{key} echoed: {found}");
+            assert!(found.contains("<unprintable field name>"), "{found}");
+        }
+        assert_eq!(printable_key("provider_id"), "provider_id");
     }
 
     #[test]

@@ -343,10 +343,7 @@ fn parse_refresh_outcome(body: &Value) -> Result<&'static str, Vec<FieldError>> 
     let mut errors: Vec<FieldError> = object
         .keys()
         .filter(|k| k.as_str() != "outcome")
-        .map(|k| {
-            let printable = k.len() <= 40 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            FieldError::new(if printable { k.as_str() } else { "<unprintable field name>" }, "is not a known field")
-        })
+        .map(|k| FieldError::new(token::printable_key(k), "is not a known field"))
         .collect();
     let must = || format!("must be one of {}", REFRESH_OUTCOMES.join(", "));
     let outcome = match object.get("outcome") {

@@ -176,8 +176,12 @@ async fn add<F: FnMut(u64, String)>(
     Ok(())
 }
 
-enum Line<'a> {
+/// One line as [`read_bounded_line`] gives it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// The line without its `\n` (nor a `\r` before it).
     Text(&'a [u8]),
+    /// Longer than [`MAX_LINE`] bytes; read to its end and dropped.
     TooLong,
 }
 
@@ -192,8 +196,9 @@ impl Line<'_> {
     }
 }
 
-/// Reads one line without ever holding more than [`MAX_LINE`] bytes of it.
-async fn read_bounded_line<'b, R: AsyncBufRead + Unpin>(
+/// Reads one line without ever holding more than [`MAX_LINE`] bytes of it; `None` at the
+/// end of the input. (Public for the parser fuzzing in `tests/it/fuzz.rs`.)
+pub async fn read_bounded_line<'b, R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &'b mut Vec<u8>,
 ) -> std::io::Result<Option<Line<'b>>> {

@@ -6,6 +6,7 @@ mod api;
 mod binary;
 mod canary;
 mod emis_adapter;
+mod fuzz;
 mod guard;
 mod helpers;
 mod hostile;
