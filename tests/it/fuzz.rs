@@ -417,10 +417,10 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_emis_classifiers(
         status in status(), body in prop::collection::vec(any::<u8>(), 0..400),
     ) {
-        if let Classified::Answer(answer) = classify_session_answer(status, &body, None) {
-            if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-                prop_assert!(matches!(answer.outcome, Outcome::Transient { .. }), "{:?}", answer.outcome);
-            }
+        if let Classified::Answer(answer) = classify_session_answer(status, &body, None)
+            && serde_json::from_slice::<serde_json::Value>(&body).is_err()
+        {
+            prop_assert!(matches!(answer.outcome, Outcome::Transient { .. }), "{:?}", answer.outcome);
         }
         let _ = classify_end_user_session_answer(status, &body, None);
     }
