@@ -88,6 +88,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IM1_GUARD_MIN_CHECKS",
     "IM1_GUARD_WINDOW",
     "IM1_ADMIN_ADDR",
+    "IM1_ADMIN_MAX_CONNECTIONS",
+    "IM1_ADMIN_HEADER_TIMEOUT",
+    "IM1_ADMIN_REQUEST_TIMEOUT",
     "IM1_API_TOKENS",
     "IM1_RETRY_ATTEMPTS",
     "IM1_RETRY_MAX_DELAY",
@@ -160,6 +163,13 @@ pub struct Settings {
     pub guard_min_checks: u32,
     pub guard_window: Duration,
     pub admin_addr: SocketAddr,
+    /// Connections the admin listener serves at once; one more is answered 503 and closed.
+    pub admin_max_connections: usize,
+    /// How long a connection may take to send a request's headers, counted from when it
+    /// opens or from the end of its last answer (so also the idle keep-alive timeout).
+    pub admin_header_timeout: Duration,
+    /// How long any admin request may take, body included; a check's `?wait` is added.
+    pub admin_request_timeout: Duration,
     /// Bearer tokens for the RP API; empty means the API answers 404.
     pub api_tokens: Vec<SecretString>,
     /// Retries of a transient answer inside one check (0 = none).
@@ -361,6 +371,9 @@ impl Settings {
                 default_addr
             }),
         };
+        let admin_max_connections = r.whole("IM1_ADMIN_MAX_CONNECTIONS", 256usize, 1, 100_000);
+        let admin_header_timeout = r.duration("IM1_ADMIN_HEADER_TIMEOUT", secs(10), Floor::AboveZero);
+        let admin_request_timeout = r.duration("IM1_ADMIN_REQUEST_TIMEOUT", secs(10), Floor::AboveZero);
         let api_tokens = r.api_tokens();
         let retry_attempts = r.whole("IM1_RETRY_ATTEMPTS", 3u32, 0, 10);
         let retry_max_delay = r.duration("IM1_RETRY_MAX_DELAY", secs(5), Floor::Zero);
@@ -401,6 +414,9 @@ impl Settings {
             guard_min_checks,
             guard_window,
             admin_addr,
+            admin_max_connections,
+            admin_header_timeout,
+            admin_request_timeout,
             api_tokens,
             retry_attempts,
             retry_max_delay,
@@ -1022,6 +1038,9 @@ mod tests {
         assert_eq!(s.guard_min_checks, 50);
         assert_eq!(s.guard_window, secs(3600));
         assert_eq!(s.admin_addr, "0.0.0.0:9187".parse().unwrap());
+        assert_eq!(s.admin_max_connections, 256);
+        assert_eq!(s.admin_header_timeout, secs(10));
+        assert_eq!(s.admin_request_timeout, secs(10));
         assert!(s.api_tokens.is_empty());
         assert_eq!(s.retry_attempts, 3);
         assert_eq!(s.retry_max_delay, secs(5));
@@ -1076,6 +1095,9 @@ mod tests {
             ("IM1_GUARD_MIN_CHECKS", "100".into()),
             ("IM1_GUARD_WINDOW", "30m".into()),
             ("IM1_ADMIN_ADDR", "[::1]:8080".into()),
+            ("IM1_ADMIN_MAX_CONNECTIONS", "32".into()),
+            ("IM1_ADMIN_HEADER_TIMEOUT", "5s".into()),
+            ("IM1_ADMIN_REQUEST_TIMEOUT", "20s".into()),
             ("IM1_API_TOKENS", "tok-a, tok-b".into()),
             ("IM1_RETRY_ATTEMPTS", "0".into()),
             ("IM1_RETRY_MAX_DELAY", "1s".into()),
@@ -1136,6 +1158,9 @@ mod tests {
         assert_eq!(s.guard_min_checks, 100);
         assert_eq!(s.guard_window, secs(1800));
         assert_eq!(s.admin_addr, "[::1]:8080".parse().unwrap());
+        assert_eq!(s.admin_max_connections, 32);
+        assert_eq!(s.admin_header_timeout, secs(5));
+        assert_eq!(s.admin_request_timeout, secs(20));
         let tokens: Vec<&str> = s.api_tokens.iter().map(|t| t.expose_secret()).collect();
         assert_eq!(tokens, ["tok-a", "tok-b"]);
         assert_eq!(s.retry_attempts, 0);

@@ -18,7 +18,8 @@
 //! - [`policy`]: pure verdict rules: two strikes, backoff, the refresh lifecycle.
 //! - [`sweep`]: the runner: claim, check with bounded concurrency, write back; and the
 //!   cron loop for `run`.
-//! - [`admin`]: health, readiness and metrics on the admin port.
+//! - [`admin`]: health, readiness, metrics and the RP API on the admin port, served within
+//!   bounds (connection cap, header and request timeouts: [`admin::server`]).
 //! - [`simulator`]: simulated supplier APIs for tests, demos and RP development.
 //! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
 //!

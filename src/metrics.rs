@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::{LastOutcome, Supplier};
+use crate::model::{LastOutcome, Status, Supplier};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SupplierLabel {
@@ -44,6 +44,19 @@ pub struct TransitionLabels {
     pub supplier: String,
     pub to: String,
 }
+
+/// Every `why` a claimed row can be skipped for (`im1_rows_skipped_total`), so each
+/// configured supplier's series exist at 0 from the start.
+pub const SKIP_REASONS: &[&str] = &[
+    "unknown_key_id",
+    "decryption_failed",
+    "token_fields_missing",
+    "supplier_not_configured",
+    "supplier_stopped",
+    "canary_failed",
+    "breaker_open",
+    "breaker_half_open",
+];
 
 /// The label set of a per-supplier metric.
 pub fn supplier_label(s: Supplier) -> SupplierLabel {
@@ -80,6 +93,10 @@ pub struct Metrics {
     pub retries: Family<SupplierLabel, Counter>,
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     pub guard_trips: Family<SupplierLabel, Counter>,
+    /// Admin connections refused at `IM1_ADMIN_MAX_CONNECTIONS`.
+    pub admin_connections_refused: Counter,
+    /// Admin requests answered 503 at `IM1_ADMIN_REQUEST_TIMEOUT`.
+    pub admin_requests_timed_out: Counter,
 }
 
 impl Default for Metrics {
@@ -198,6 +215,19 @@ impl Metrics {
             guard_trips.clone(),
         );
 
+        let admin_connections_refused = Counter::default();
+        registry.register(
+            "im1_admin_connections_refused",
+            "Admin port connections refused because IM1_ADMIN_MAX_CONNECTIONS were open",
+            admin_connections_refused.clone(),
+        );
+        let admin_requests_timed_out = Counter::default();
+        registry.register(
+            "im1_admin_requests_timed_out",
+            "Admin port requests answered 503 because they took longer than IM1_ADMIN_REQUEST_TIMEOUT",
+            admin_requests_timed_out.clone(),
+        );
+
         Metrics {
             registry,
             checks,
@@ -221,15 +251,38 @@ impl Metrics {
             retries,
             breaker_transitions,
             guard_trips,
+            admin_connections_refused,
+            admin_requests_timed_out,
         }
     }
 
     /// Creates every per-supplier series at zero for the configured suppliers, so a
     /// counter's first increment is an increase an alert can see (a series that appears
     /// at 1 has no earlier sample to compare with) and dashboards show zeros, not gaps.
+    /// Every labelled contract family gets its series here: checks for every outcome,
+    /// skipped rows for every reason, the check duration histogram, status changes.
     pub fn init_suppliers(&self, suppliers: &[Supplier]) {
         for s in suppliers {
             let label = supplier(*s);
+            for outcome in LastOutcome::ALL {
+                drop(self.checks.get_or_create(&OutcomeLabels {
+                    supplier: s.as_str().to_owned(),
+                    outcome: outcome.as_str().to_owned(),
+                }));
+            }
+            for why in SKIP_REASONS {
+                drop(
+                    self.rows_skipped
+                        .get_or_create(&SkipLabels { supplier: s.as_str().to_owned(), why: why.to_string() }),
+                );
+            }
+            for status in [Status::Valid, Status::Invalid] {
+                drop(self.status_changes.get_or_create(&StatusLabels {
+                    supplier: s.as_str().to_owned(),
+                    status: status.as_str().to_owned(),
+                }));
+            }
+            drop(self.check_duration.get_or_create(&label));
             drop(self.supplier_config_errors.get_or_create(&label));
             drop(self.canary_failures.get_or_create(&label));
             drop(self.retries.get_or_create(&label));
@@ -289,6 +342,20 @@ impl Metrics {
         self.refresh_required.clear();
         self.unverified.clear();
         for s in Supplier::ALL {
+            // Every status a supplier's rows can have, at 0 until the database says more.
+            let statuses: &[Status] = if *s == Supplier::Microtest {
+                &[Status::Unsupported]
+            } else {
+                &[Status::Unchecked, Status::Valid, Status::Invalid]
+            };
+            for status in statuses {
+                self.credentials
+                    .get_or_create(&StatusLabels {
+                        supplier: s.as_str().to_owned(),
+                        status: status.as_str().to_owned(),
+                    })
+                    .set(0);
+            }
             self.refresh_required.get_or_create(&supplier(*s)).set(0);
             if s != &Supplier::Microtest {
                 self.unverified.get_or_create(&supplier(*s)).set(0);

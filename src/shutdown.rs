@@ -56,17 +56,21 @@ pub fn on_signals(trigger: Trigger) {
     };
     tokio::spawn(async move {
         let (mut term, mut int) = (term, int);
-        tokio::select! {
+        let signal = tokio::select! {
             _ = term.recv() => {
-                tracing::info!("SIGTERM received: shutting down");
                 // A planted defect (debug builds only) skips the graceful path.
                 if crate::defects::planted(crate::defects::Defect::AbruptShutdown) {
                     std::process::exit(0);
                 }
+                "SIGTERM"
             }
-            _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
-        }
+            _ = int.recv() => "SIGINT",
+        };
+        // Fire before logging: with stderr gone (a closed pipe), the log call can panic
+        // this task (tracing-subscriber reports its own write error with `eprintln!`), and
+        // the process must stop all the same.
         trigger.fire();
+        tracing::info!(signal, "{signal} received: shutting down");
     });
 }
 

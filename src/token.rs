@@ -58,6 +58,9 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Longest token field accepted, in characters (real ones are GUIDs and short keys).
+pub const MAX_TOKEN_FIELD: usize = 1024;
+
 /// (field name, required) per supplier, in the order they are stored.
 fn fields_of(supplier: Supplier) -> &'static [(&'static str, bool)] {
     match supplier {
@@ -80,7 +83,16 @@ impl Token {
 
     /// Validates a token object for `supplier`: an object, every required field a
     /// non-empty string, no unknown field (Microtest's fields are ignored).
+    ///
+    /// Input (an import line, the API's PUT) is held to more: each field at most
+    /// [`MAX_TOKEN_FIELD`] characters and no control character (NUL included).
     pub fn from_value(supplier: Supplier, value: &Value) -> Result<Token, Vec<FieldError>> {
+        Token::from_value_with(supplier, value, true)
+    }
+
+    /// `input`: apply the input-only bounds. A stored token is read back without them, so a
+    /// token stored before they existed is still checked, never skipped over a new rule.
+    fn from_value_with(supplier: Supplier, value: &Value, input: bool) -> Result<Token, Vec<FieldError>> {
         let Some(object) = value.as_object() else {
             return Err(vec![FieldError::new("token", "must be a JSON object")]);
         };
@@ -99,11 +111,24 @@ impl Token {
         }
         let mut take = |name: &str, required: bool| -> Option<SecretString> {
             match object.get(name) {
-                Some(Value::String(s)) if !s.is_empty() => Some(SecretString::from(s.as_str())),
-                Some(Value::String(_)) => {
+                Some(Value::String(s)) if s.is_empty() => {
                     errors.push(FieldError::new(format!("token.{name}"), "must not be empty"));
                     None
                 }
+                Some(Value::String(s)) if input && s.chars().count() > MAX_TOKEN_FIELD => {
+                    errors.push(FieldError::new(
+                        format!("token.{name}"),
+                        format!("must be at most {MAX_TOKEN_FIELD} characters"),
+                    ));
+                    None
+                }
+                // A NUL or other control character has no place in a token, and XML (the
+                // TPP and Vision requests) cannot carry most of them.
+                Some(Value::String(s)) if input && s.chars().any(char::is_control) => {
+                    errors.push(FieldError::new(format!("token.{name}"), "must contain only printable characters"));
+                    None
+                }
+                Some(Value::String(s)) => Some(SecretString::from(s.as_str())),
                 Some(_) => {
                     errors.push(FieldError::new(format!("token.{name}"), "must be a string"));
                     None
@@ -187,7 +212,7 @@ impl Token {
     pub fn from_plaintext(supplier: Supplier, plaintext: &str) -> Result<Token, Vec<FieldError>> {
         let value: Value = serde_json::from_str(plaintext)
             .map_err(|_| vec![FieldError::new("token", "stored token is not a JSON object")])?;
-        Token::from_value(supplier, &value)
+        Token::from_value_with(supplier, &value, false)
     }
 
     /// Same supplier and same secret values.
@@ -196,10 +221,12 @@ impl Token {
     }
 }
 
-/// A key name is echoed in an error only when it is short and printable; anything else
-/// (it could be a token pasted as a key) is replaced.
-fn printable_key(key: &str) -> &str {
-    let ok = key.len() <= 40 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+/// A key name is echoed in an error only when it looks like a field name: 1–40 lowercase
+/// letters and underscores. Anything else (it could be a token pasted as a key: a GUID,
+/// a passphrase, a key with digits or dashes) is replaced. The parser fuzzing found the
+/// earlier rule (40 letters, digits, `_` or `-`) echoing a GUID pasted as a key.
+pub fn printable_key(key: &str) -> &str {
+    let ok = (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     if ok { key } else { "<unprintable field name>" }
 }
 
@@ -417,6 +444,22 @@ mod tests {
             "S".repeat(50)
         );
         assert_eq!(errors(&bad_key), ["token.<unprintable field name>: is not a emis token field"]);
+    }
+
+    #[test]
+    fn a_token_pasted_as_a_field_name_is_never_echoed() {
+        // Found by tests/it/fuzz.rs: a GUID (36 characters of hex and dashes) passed the
+        // old "printable" rule and was quoted in the error.
+        let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+        for key in [guid, "SECRETPASSPHRASE", "passphrase2", "Token"] {
+            let line = format!(
+                r#"{{"user_id":"u","supplier":"emis","ods_code":"ABC","token":{{"access_identity_guid":"g","{key}":"x"}},"{key}":1}}"#
+            );
+            let found = errors(&line).concat();
+            assert!(!found.contains(key), "{key} echoed: {found}");
+            assert!(found.contains("<unprintable field name>"), "{found}");
+        }
+        assert_eq!(printable_key("provider_id"), "provider_id");
     }
 
     #[test]

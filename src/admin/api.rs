@@ -95,6 +95,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
     }
 
+    /// A request that ran out of time ([`super::server`]).
+    pub(crate) fn timed_out() -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; try again")
+    }
+
     fn unknown_user() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_user", "no credential is stored for this user")
     }
@@ -176,9 +181,28 @@ pub fn token_accepted(presented: &str, accepted: &[SecretString]) -> bool {
     found == 1
 }
 
+/// The path's user id, decoded but not yet checked (the PUT reports a bad one as a 422
+/// field error, with the body's).
+fn raw_user_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(user_id)| user_id).map_err(|_| bad_path())
+}
+
+/// The path's user id, checked as an import's is (1–128 printable characters: no NUL, no
+/// control character) before it reaches SQL. PostgreSQL refuses a NUL in text, so an
+/// unchecked one would be a 500; no stored row can have an id that fails this, so it is a
+/// 400 rather than an unknown user.
 fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(user_id)| user_id)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", "the user id in the path is not valid"))
+    let user_id = raw_user_id(path)?;
+    token::validate_user_id(&user_id).map_err(|_| bad_path())?;
+    Ok(user_id)
+}
+
+fn bad_path() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+        "the user id in the path is not valid: it must be 1 to 128 printable characters",
+    )
 }
 
 fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
@@ -218,7 +242,7 @@ async fn put_credential(
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let user_id = user_id(path)?;
+    let user_id = raw_user_id(path)?;
     let body = json_body(body)?;
     let credential = token::parse_put_body(&user_id, &body).map_err(ApiError::fields)?;
     let now = state.clock.now();
@@ -319,10 +343,7 @@ fn parse_refresh_outcome(body: &Value) -> Result<&'static str, Vec<FieldError>> 
     let mut errors: Vec<FieldError> = object
         .keys()
         .filter(|k| k.as_str() != "outcome")
-        .map(|k| {
-            let printable = k.len() <= 40 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            FieldError::new(if printable { k.as_str() } else { "<unprintable field name>" }, "is not a known field")
-        })
+        .map(|k| FieldError::new(token::printable_key(k), "is not a known field"))
         .collect();
     let must = || format!("must be one of {}", REFRESH_OUTCOMES.join(", "));
     let outcome = match object.get("outcome") {

@@ -2,6 +2,7 @@
 //! API under `/v1` ([`api`]).
 
 pub mod api;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,11 +101,11 @@ async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap
     }
 }
 
-/// Serves the admin router until `shutdown`.
+/// Serves the admin router until `shutdown`, within the default [`server::Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    mut shutdown: crate::shutdown::Shutdown,
+    shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.wait().await }).await
+    server::serve_with(listener, router, server::Limits::default(), shutdown).await
 }

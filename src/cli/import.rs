@@ -61,6 +61,9 @@ pub async fn run(settings: Settings, args: Args) -> Result<(), CliError> {
     .await;
     progress.finish().await;
     let outcome = outcome?;
+    if outcome.bom_skipped {
+        eprintln!("note: the input starts with a UTF-8 byte-order mark; it was skipped");
+    }
     if outcome.bad_lines > 0 && !args.skip_invalid {
         tx.rollback().await?;
         return Err(CliError::Input(format!(
@@ -87,7 +90,12 @@ pub struct ReadOutcome {
     /// Non-blank lines read.
     pub lines: u64,
     pub bad_lines: u64,
+    /// The input started with a UTF-8 byte-order mark, which was skipped.
+    pub bom_skipped: bool,
 }
+
+/// The UTF-8 byte-order mark (U+FEFF), skipped at the very start of the input only.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads every line, reports each bad one through `report(line_number, problem)`, and
 /// stages the good ones in `tx`; then takes out the lines that repeat an earlier user id
@@ -121,6 +129,12 @@ where
                 report(number, format!("line is longer than {MAX_LINE} bytes"));
                 continue;
             }
+            // Exports from Windows tools often start with a UTF-8 byte-order mark; it is not
+            // part of the first line's JSON.
+            Line::Text(bytes) if number == 1 && bytes.starts_with(UTF8_BOM) => {
+                outcome.bom_skipped = true;
+                &bytes[UTF8_BOM.len()..]
+            }
             Line::Text(bytes) => bytes,
         };
         let Ok(text) = std::str::from_utf8(text) else {
@@ -149,8 +163,12 @@ where
     Ok(outcome)
 }
 
-enum Line<'a> {
+/// One line as [`read_bounded_line`] gives it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// The line without its `\n` (nor a `\r` before it).
     Text(&'a [u8]),
+    /// Longer than [`MAX_LINE`] bytes; read to its end and dropped.
     TooLong,
 }
 
@@ -165,8 +183,9 @@ impl Line<'_> {
     }
 }
 
-/// Reads one line without ever holding more than [`MAX_LINE`] bytes of it.
-async fn read_bounded_line<'b, R: AsyncBufRead + Unpin>(
+/// Reads one line without ever holding more than [`MAX_LINE`] bytes of it; `None` at the
+/// end of the input. (Public for the parser fuzzing in `tests/it/fuzz.rs`.)
+pub async fn read_bounded_line<'b, R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &'b mut Vec<u8>,
 ) -> std::io::Result<Option<Line<'b>>> {

@@ -5,7 +5,7 @@ mod canary;
 mod check_config;
 mod demo;
 mod guard;
-mod import;
+pub mod import;
 mod keys;
 mod migrate;
 mod progress;

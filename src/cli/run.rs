@@ -44,7 +44,8 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         keys: engine.keys.clone(),
         rules: engine.rules.clone(),
     });
-    let server = tokio::spawn(admin::serve(listener, router, stop.clone()));
+    let limits = admin::server::Limits::from_settings(&settings, engine.metrics.clone());
+    let server = tokio::spawn(admin::server::serve_with(listener, router, limits, stop.clone()));
     // Heartbeat and shared breaker/guard state for the whole life of the process: its
     // rate share is taken from start-up, and its metrics stay current between sweeps.
     engine.background_sync.store(true, std::sync::atomic::Ordering::Relaxed);
