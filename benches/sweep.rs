@@ -31,10 +31,15 @@ struct Options {
     tail_ms: u64,
     concurrency: usize,
     sweeps: u32,
+    replicas: usize,
     batch: Option<u64>,
     explain: bool,
     keep: bool,
     import_only: bool,
+    /// `--profile nhs`: the NHS-size stages in one run (see [`nhs_profile`]).
+    nhs: bool,
+    /// Vision credentials seeded besides the EMIS ones (the realistic-latency stage's).
+    vision: u64,
 }
 
 fn options() -> Options {
@@ -46,10 +51,13 @@ fn options() -> Options {
         tail_ms: 0,
         concurrency: 64,
         sweeps: 1,
+        replicas: 1,
         batch: None,
         explain: false,
         keep: false,
         import_only: false,
+        nhs: false,
+        vision: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,20 +67,94 @@ fn options() -> Options {
             "--latency-ms" => o.latency_ms = value(),
             "--latency-spread-ms" => o.latency_spread_ms = value(),
             "--tail-ms" => o.tail_ms = value(),
-            "--tail-share" => {
-                o.tail_share = args.next().and_then(|v| v.parse::<f64>().ok()).expect("a share after --tail-share")
-            }
             "--concurrency" => o.concurrency = value() as usize,
             "--sweeps" => o.sweeps = value() as u32,
+            "--replicas" => o.replicas = value().max(1) as usize,
             "--batch" => o.batch = Some(value()),
+            "--vision" => o.vision = value(),
             "--explain" => o.explain = true,
             "--keep" => o.keep = true,
             "--import-only" => o.import_only = true,
+            "--tail-share" => {
+                o.tail_share = args.next().and_then(|v| v.parse::<f64>().ok()).expect("a share after --tail-share")
+            }
+            "--profile" => match args.next().as_deref() {
+                Some("nhs") => o.nhs = true,
+                other => panic!("unknown profile {other:?} (known: nhs)"),
+            },
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
     }
+    if o.nhs {
+        // The NHS profile's defaults; --credentials and --vision still choose the size.
+        if !std::env::args().any(|a| a == "--credentials") {
+            o.credentials = 10_000_000;
+        }
+        if o.vision == 0 {
+            o.vision = 300_000;
+        }
+        o.keep = true;
+        o.explain = true;
+    }
     o
+}
+
+/// The benchmark's database and its server.
+struct Bench {
+    url: String,
+    db: String,
+    pool: PgPool,
+    /// To the server's maintenance database, to drop the bench database at the end.
+    admin: sqlx::PgConnection,
+}
+
+/// How the simulator answers during one stage.
+#[derive(Clone, Copy)]
+struct Latency {
+    mean_ms: u64,
+    spread_ms: u64,
+    tail_share: f64,
+    tail_ms: u64,
+}
+
+impl Latency {
+    const NONE: Latency = Latency { mean_ms: 0, spread_ms: 0, tail_share: 0.0, tail_ms: 0 };
+
+    /// The mean answer time asked for, tail included.
+    fn expected_mean_ms(&self) -> f64 {
+        (1.0 - self.tail_share) * self.mean_ms as f64 + self.tail_share * self.tail_ms as f64
+    }
+
+    fn describe(&self) -> String {
+        match (self.mean_ms, self.spread_ms, self.tail_share) {
+            (0, _, t) if t == 0.0 => "at once".to_owned(),
+            (m, 0, t) if t == 0.0 => format!("{m} ms"),
+            (m, sd, t) => format!("{m} ± {sd} ms, {:.0} % at {} ms", t * 100.0, self.tail_ms),
+        }
+    }
+}
+
+/// One stage: `replicas` sweep processes at once over what is due.
+struct Stage {
+    name: &'static str,
+    latency: Latency,
+    concurrency: usize,
+    replicas: usize,
+    /// `sweep --supplier`: only that supplier's rows.
+    supplier: Option<&'static str>,
+    batch: Option<u64>,
+}
+
+/// What a stage measured.
+struct Measured {
+    name: &'static str,
+    due: i64,
+    checks: u64,
+    seconds: f64,
+    peak_mib: f64,
+    statements_per_check: f64,
+    notes: Vec<String>,
 }
 
 #[tokio::main]
@@ -84,44 +166,201 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let o = options();
-    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let admin: PgConnectOptions = server.parse()?;
-    let db = format!("im1_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let mut conn = admin.connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await?;
-    let url = format!("postgres://{}@{}:{}/{db}", admin.get_username(), admin.get_host(), admin.get_port());
-    let pool = PgPool::connect(&url).await?;
-    im1_revalidator::store::migrate(&pool).await?;
-
+    let bench = Bench::create().await?;
     println!(
-        "bench: {} credentials, simulator latency {} ms, concurrency {}",
-        o.credentials, o.latency_ms, o.concurrency
+        "bench: {} EMIS credentials{}, database {}",
+        o.credentials,
+        if o.vision > 0 { format!(" and {} Vision", o.vision) } else { String::new() },
+        bench.db
     );
-    seed(&url, o.credentials).await?;
-    sqlx::query("VACUUM ANALYZE im1_credentials").execute(&pool).await?;
+    seed(&bench.url, o.credentials, o.vision).await?;
+    sqlx::query("VACUUM ANALYZE im1_credentials").execute(&bench.pool).await?;
     if o.import_only {
-        finish(pool, conn, &db, o.keep).await?;
-        return Ok(());
+        return bench.finish(o.keep).await;
     }
-
     if o.explain {
-        explain(&pool).await?;
+        explain(&bench.pool).await?;
+    }
+    if o.nhs {
+        nhs_profile(&bench).await?;
+        return bench.finish(true).await;
     }
 
+    let stage = Stage {
+        name: "sweep",
+        latency: Latency {
+            mean_ms: o.latency_ms,
+            spread_ms: o.latency_spread_ms,
+            tail_share: o.tail_share,
+            tail_ms: o.tail_ms,
+        },
+        concurrency: o.concurrency,
+        replicas: o.replicas,
+        supplier: None,
+        batch: o.batch,
+    };
+    for n in 1..=o.sweeps {
+        let m = run_stage(&bench, &stage).await?;
+        println!(
+            "sweep {n}: {} checks in {:.2}s = {:.0} checks/s; {:.4} statements per check; peak RSS {:.1} MiB",
+            m.checks,
+            m.seconds,
+            m.checks as f64 / m.seconds,
+            m.statements_per_check,
+            m.peak_mib
+        );
+        for note in &m.notes {
+            println!("  {note}");
+        }
+        if n < o.sweeps {
+            make_all_due(&bench.pool).await?;
+        }
+    }
+    bench.finish(o.keep).await
+}
+
+/// Issue 18's stages on one database, printed as a table; the database is kept.
+///
+/// 1. Every credential (10M EMIS + 300k Vision by default), simulator answering at once,
+///    `IM1_CONCURRENCY=64`.
+/// 2. The Vision credentials only (`sweep --supplier vision`), the simulator answering in
+///    300 ± 100 ms (log-normal) with 1 % of answers at 5 s, `IM1_CONCURRENCY=1024`.
+/// 3. Every credential again, three replicas at once: combined throughput, duplicate
+///    checks, lock waits.
+///
+/// Then three full sweeps' worth of churn is measured as dead tuples and sizes.
+async fn nhs_profile(bench: &Bench) -> anyhow::Result<()> {
+    let fast = Stage {
+        name: "all, at once, 1 replica",
+        latency: Latency::NONE,
+        concurrency: 64,
+        replicas: 1,
+        supplier: None,
+        batch: None,
+    };
+    let realistic = Stage {
+        name: "Vision, 300±100 ms + 1 % at 5 s, C=1024",
+        latency: Latency { mean_ms: 300, spread_ms: 100, tail_share: 0.01, tail_ms: 5000 },
+        concurrency: 1024,
+        replicas: 1,
+        supplier: Some("vision"),
+        batch: None,
+    };
+    let replicas = Stage { name: "all, at once, 3 replicas", replicas: 3, ..fast };
+    let mut table = Vec::new();
+    table.push(run_stage(bench, &fast).await?);
+    sqlx::query("UPDATE im1_credentials SET next_check_at = '-infinity' WHERE supplier = 'vision'")
+        .execute(&bench.pool)
+        .await?;
+    table.push(run_stage(bench, &realistic).await?);
+    make_all_due(&bench.pool).await?;
+    table.push(run_stage(bench, &replicas).await?);
+
+    println!("\n| stage | due | checks | seconds | checks/s | statements/check | peak RSS (MiB) | notes |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for m in &table {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.4} | {:.1} | {} |",
+            m.name,
+            m.due,
+            m.checks,
+            m.seconds,
+            m.checks as f64 / m.seconds,
+            m.statements_per_check,
+            m.peak_mib,
+            m.notes.join("; ")
+        );
+    }
+    bloat(&bench.pool).await
+}
+
+/// Dead tuples, sizes and events per credential after the sweeps.
+async fn bloat(pool: &PgPool) -> anyhow::Result<()> {
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_live_tup, n_dead_tup, pg_total_relation_size(relid), pg_indexes_size(relid)
+           FROM pg_stat_user_tables
+          WHERE relname IN ('im1_credentials') OR relname LIKE 'im1_credential_events%'
+          ORDER BY relname",
+    )
+    .fetch_all(pool)
+    .await?;
+    println!("\n| table | live tuples | dead tuples | total size (MiB) | index size (MiB) |");
+    println!("|---|---|---|---|---|");
+    for (table, live, dead, total, indexes) in rows {
+        println!("| {table} | {live} | {dead} | {:.1} | {:.1} |", total as f64 / 1048576.0, indexes as f64 / 1048576.0);
+    }
+    let (credentials, events): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM im1_credentials), (SELECT count(*) FROM im1_credential_events)")
+            .fetch_one(pool)
+            .await?;
+    println!("events per credential: {:.3}", events as f64 / credentials.max(1) as f64);
+    Ok(())
+}
+
+/// Makes every credential due again, as a fresh cycle would.
+async fn make_all_due(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("UPDATE im1_credentials SET next_check_at = '-infinity'").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE im1_credentials").execute(pool).await?;
+    Ok(())
+}
+
+impl Bench {
+    async fn create() -> anyhow::Result<Bench> {
+        let server =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin_options: PgConnectOptions = server.parse()?;
+        let db = format!("im1_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut admin = admin_options.connect().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await?;
+        let url = format!(
+            "postgres://{}@{}:{}/{db}",
+            admin_options.get_username(),
+            admin_options.get_host(),
+            admin_options.get_port()
+        );
+        let pool = PgPool::connect(&url).await?;
+        im1_revalidator::store::migrate(&pool).await?;
+        Ok(Bench { url, db, pool, admin })
+    }
+
+    /// Reports the database's size, then drops it unless `keep`.
+    async fn finish(mut self, keep: bool) -> anyhow::Result<()> {
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&self.pool).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&self.pool).await?;
+        println!(
+            "database size {:.1} MiB ({:.0} bytes per credential)",
+            size as f64 / 1048576.0,
+            size as f64 / rows.max(1) as f64
+        );
+        self.pool.close().await;
+        if keep {
+            println!("kept database {} (DATABASE_URL={})", self.db, self.url);
+        } else {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.db)))
+                .execute(&mut self.admin)
+                .await?;
+        }
+        self.admin.close().await?;
+        Ok(())
+    }
+}
+
+/// Starts the simulator as its own process, answering with `latency`.
+async fn start_simulator(db: &str, latency: Latency) -> anyhow::Result<(Kill, u16)> {
     let port = free_port()?;
-    let scenario = std::env::temp_dir().join(format!("{db}.json"));
+    let scenario = std::env::temp_dir().join(format!("{db}-{port}.json"));
     std::fs::write(
         &scenario,
         serde_json::json!({
-            "latency_ms": o.latency_ms,
-            "latency_spread_ms": o.latency_spread_ms,
-            "tail_share": o.tail_share,
-            "tail_ms": o.tail_ms,
+            "latency_ms": latency.mean_ms,
+            "latency_spread_ms": latency.spread_ms,
+            "tail_share": latency.tail_share,
+            "tail_ms": latency.tail_ms,
             "count_by_token": false,
         })
         .to_string(),
     )?;
-    let mut sim = Kill(
+    let sim = Kill(
         Command::new(BIN)
             .args(["simulate", "--addr", &format!("127.0.0.1:{port}"), "--scenario"])
             .arg(&scenario)
@@ -130,72 +369,139 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_for_port(port).await?;
+    std::fs::remove_file(&scenario).ok();
+    Ok((sim, port))
+}
 
-    for n in 1..=o.sweeps {
-        let before = commits(&pool, &db).await?;
-        let started = Instant::now();
-        let mut child = Command::new(BIN)
-            .args(["sweep", "--json"])
-            .env("DATABASE_URL", &url)
+/// Runs one stage's sweep processes against a fresh simulator and measures them.
+async fn run_stage(bench: &Bench, stage: &Stage) -> anyhow::Result<Measured> {
+    let (_sim, port) = start_simulator(&bench.db, stage.latency).await?;
+    let pool = &bench.pool;
+    let due: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM im1_credentials WHERE next_check_at <= now() AND status <> 'unsupported'
+            AND ($1::text IS NULL OR supplier = $1)",
+    )
+    .bind(stage.supplier)
+    .fetch_one(pool)
+    .await?;
+    let before = commits(pool, &bench.db).await?;
+    let mut children = Vec::with_capacity(stage.replicas);
+    for _ in 0..stage.replicas {
+        let mut command = Command::new(BIN);
+        command.args(["sweep", "--json"]);
+        if let Some(supplier) = stage.supplier {
+            command.args(["--supplier", supplier]);
+        }
+        let child = command
+            .env("DATABASE_URL", &bench.url)
             .env("IM1_ENCRYPTION_KEYS", KEY)
             .env("IM1_EMIS_URL", format!("http://127.0.0.1:{port}/emis"))
             .env("IM1_EMIS_APPLICATION_ID", "bench")
-            .env("IM1_CONCURRENCY", o.concurrency.to_string())
+            .env("IM1_VISION_URL", format!("http://127.0.0.1:{port}/vision"))
+            .env("IM1_VISION_PROVIDER_ID", "bench")
+            .env("IM1_CONCURRENCY", stage.concurrency.to_string())
             .env("IM1_HTTP_TIMEOUT", "10s")
             // Every defence is on (breaker, guard, retries, shared-state sync, throttle);
-            // the rate limit is set high enough not to bind, so the figure is the cost of
+            // the rate limits are set high enough not to bind, so the figure is the cost of
             // the machinery, not of a limit.
             .env("IM1_EMIS_RATE", "100000")
             .env("IM1_EMIS_BURST", "100000")
             .env("IM1_EMIS_MAX_IN_FLIGHT", "10000")
+            .env("IM1_VISION_RATE", "100000")
+            .env("IM1_VISION_BURST", "100000")
+            .env("IM1_VISION_MAX_IN_FLIGHT", "10000")
             .env(
                 "IM1_BATCH_SIZE",
-                o.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),
+                stage.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),
             )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = tokio::spawn(sample_in_flight(port, stop.clone()));
-        let (status, peak_kib) = measure(&mut child).await?;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let in_flight = sampler.await?;
-        let wall = started.elapsed().as_secs_f64();
+        children.push(child);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_flight = tokio::spawn(sample_in_flight(port, stop.clone()));
+    let lock_waits = tokio::spawn(sample_lock_waits(pool.clone(), bench.db.clone(), stop.clone()));
+    let started = Instant::now();
+    let measured = measure_all(&mut children).await?;
+    let wall = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (in_flight, lock_waits) = (in_flight.await?, lock_waits.await?);
+
+    let mut checks = 0;
+    let mut seconds: f64 = 0.0;
+    let mut peak_kib = 0;
+    for (child, (status, peak)) in children.iter_mut().zip(measured) {
         let mut out = String::new();
         std::io::Read::read_to_string(child.stdout.as_mut().expect("piped"), &mut out)?;
         anyhow::ensure!(status.success(), "sweep failed: {status}");
         let report: serde_json::Value = serde_json::from_str(&out)?;
-        let checks = report["checks"].as_u64().unwrap_or(0);
-        let seconds = report["seconds"].as_f64().unwrap_or(wall);
-        // Statistics reach pg_stat_database within a second of each transaction.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let statements = commits(&pool, &db).await? - before;
-        println!(
-            "sweep {n}: {checks} checks in {seconds:.2}s = {:.0} checks/s (process wall {wall:.2}s); \
-             {statements} statements = {:.4} per check; peak RSS {:.1} MiB; outcomes {}",
-            checks as f64 / seconds,
-            statements as f64 / checks.max(1) as f64,
-            peak_kib as f64 / 1024.0,
-            report["outcomes"]
-        );
-        if o.latency_ms > 0 {
-            // The mean answer time the simulator was asked for, tail included.
-            let mean_ms = (1.0 - o.tail_share) * o.latency_ms as f64 + o.tail_share * o.tail_ms as f64;
-            let ideal = o.concurrency as f64 / (mean_ms / 1000.0);
-            println!(
-                "  ideal concurrency/mean latency ({mean_ms:.0} ms) = {ideal:.0} checks/s; achieved {:.1} %",
-                100.0 * checks as f64 / seconds / ideal
-            );
-            println!("  {}", slot_use(&in_flight, o.concurrency));
-        }
-        if n < o.sweeps {
-            sqlx::query("UPDATE im1_credentials SET next_check_at = '-infinity'").execute(&pool).await?;
-            sqlx::query("VACUUM ANALYZE im1_credentials").execute(&pool).await?;
-        }
+        checks += report["checks"].as_u64().unwrap_or(0);
+        seconds = seconds.max(report["seconds"].as_f64().unwrap_or(wall));
+        peak_kib = peak_kib.max(peak);
     }
-    sim.0.kill().ok();
-    std::fs::remove_file(&scenario).ok();
-    finish(pool, conn, &db, o.keep).await
+    // Statistics reach pg_stat_database within a second of each transaction.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let statements = commits(pool, &bench.db).await? - before;
+    let mut notes = Vec::new();
+    if stage.latency.mean_ms > 0 {
+        let mean_ms = stage.latency.expected_mean_ms();
+        let ideal = stage.concurrency as f64 * stage.replicas as f64 / (mean_ms / 1000.0);
+        notes.push(format!(
+            "simulator {}: ideal C ÷ mean latency ({mean_ms:.0} ms) = {ideal:.0} checks/s, achieved {:.1} %",
+            stage.latency.describe(),
+            100.0 * checks as f64 / seconds / ideal
+        ));
+        notes.push(slot_use(&in_flight, stage.concurrency * stage.replicas));
+    }
+    if stage.replicas > 1 {
+        notes.push(format!(
+            "{} replicas: {} duplicate checks ({checks} checks of {due} due)",
+            stage.replicas,
+            checks as i64 - due
+        ));
+        notes.push(lock_use(&lock_waits));
+    }
+    Ok(Measured {
+        name: stage.name,
+        due,
+        checks,
+        seconds,
+        peak_mib: peak_kib as f64 / 1024.0,
+        statements_per_check: statements as f64 / checks.max(1) as f64,
+        notes,
+    })
+}
+
+/// Samples, every 100 ms until `stop`, how many of the bench database's backends wait on a
+/// lock (claim contention between replicas).
+async fn sample_lock_waits(pool: PgPool, db: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<i64> {
+    let mut samples = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let waiting: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
+                .bind(&db)
+                .fetch_one(&pool)
+                .await;
+        if let Ok(n) = waiting {
+            samples.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    samples
+}
+
+fn lock_use(samples: &[i64]) -> String {
+    if samples.is_empty() {
+        return "lock waits: no samples".to_owned();
+    }
+    let with = samples.iter().filter(|&&n| n > 0).count();
+    format!(
+        "lock waits in {:.1} % of {} samples (at most {} backends at once)",
+        100.0 * with as f64 / samples.len() as f64,
+        samples.len(),
+        samples.iter().max().copied().unwrap_or(0)
+    )
 }
 
 /// Samples, every 100 ms until `stop`, how many requests the simulator is serving: the
@@ -239,45 +545,30 @@ fn slot_use(samples: &[u64], concurrency: usize) -> String {
     )
 }
 
-/// Reports the database's size, then drops it unless `keep`.
-async fn finish(pool: PgPool, mut conn: sqlx::PgConnection, db: &str, keep: bool) -> anyhow::Result<()> {
-    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&pool).await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_credentials").fetch_one(&pool).await?;
-    println!(
-        "database size {:.1} MiB ({:.0} bytes per credential)",
-        size as f64 / 1048576.0,
-        size as f64 / rows.max(1) as f64
-    );
-    pool.close().await;
-    if keep {
-        println!("kept database {db}");
-    } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).execute(&mut conn).await?;
-    }
-    conn.close().await?;
-    Ok(())
-}
-
-/// Waits for `child`, sampling its peak resident memory; returns its exit status and the
-/// peak in KiB.
-async fn measure(child: &mut Child) -> anyhow::Result<(std::process::ExitStatus, u64)> {
-    let pid = child.id();
-    let mut peak_kib = 0u64;
-    loop {
-        if let Some(kib) = vm_hwm(pid) {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait()? {
-            return Ok((status, peak_kib));
+/// Waits for every child, sampling each one's peak resident memory; returns each exit
+/// status and peak in KiB.
+async fn measure_all(children: &mut [Child]) -> anyhow::Result<Vec<(std::process::ExitStatus, u64)>> {
+    let mut peaks = vec![0u64; children.len()];
+    let mut statuses = vec![None; children.len()];
+    while statuses.iter().any(Option::is_none) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if statuses[i].is_some() {
+                continue;
+            }
+            if let Some(kib) = vm_hwm(child.id()) {
+                peaks[i] = peaks[i].max(kib);
+            }
+            statuses[i] = child.try_wait()?;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(statuses.into_iter().flatten().zip(peaks).collect())
 }
 
 /// Seeds through the real import command, end to end: a JSON-lines file of `n` EMIS
 /// credentials, imported by `im1-revalidator credentials import FILE` (validation,
 /// AES-GCM, COPY into staging, duplicate detection, one set-based insert with events).
-async fn seed(url: &str, n: u64) -> anyhow::Result<()> {
+async fn seed(url: &str, n: u64, vision: u64) -> anyhow::Result<()> {
     use std::io::Write;
     let file = std::env::temp_dir().join(format!("im1-bench-import-{}.jsonl", uuid::Uuid::new_v4().simple()));
     {
@@ -290,8 +581,18 @@ async fn seed(url: &str, n: u64) -> anyhow::Result<()> {
                 uuid::Uuid::new_v4()
             )?;
         }
+        for i in 0..vision {
+            writeln!(
+                out,
+                r#"{{"user_id":"bench-vision-{i:08}","supplier":"vision","ods_code":"V{:05}","token":{{"rosu_account_id":"{}","api_key":"{}"}}}}"#,
+                i % 2000,
+                uuid::Uuid::new_v4(),
+                uuid::Uuid::new_v4()
+            )?;
+        }
         out.flush()?;
     }
+    let n = n + vision;
     let bytes = std::fs::metadata(&file)?.len();
     let started = Instant::now();
     let mut child = Command::new(BIN)
@@ -302,7 +603,7 @@ async fn seed(url: &str, n: u64) -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
-    let (status, peak_kib) = measure(&mut child).await?;
+    let (status, peak_kib) = measure_all(std::slice::from_mut(&mut child)).await?.remove(0);
     let seconds = started.elapsed().as_secs_f64();
     std::fs::remove_file(&file).ok();
     anyhow::ensure!(status.success(), "import failed: {status}");
