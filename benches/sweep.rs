@@ -127,10 +127,11 @@ impl Latency {
     }
 
     fn describe(&self) -> String {
-        match (self.mean_ms, self.spread_ms, self.tail_share) {
-            (0, _, t) if t == 0.0 => "at once".to_owned(),
-            (m, 0, t) if t == 0.0 => format!("{m} ms"),
-            (m, sd, t) => format!("{m} ± {sd} ms, {:.0} % at {} ms", t * 100.0, self.tail_ms),
+        let tail = self.tail_share > 0.0;
+        match (self.mean_ms, self.spread_ms) {
+            (0, _) if !tail => "at once".to_owned(),
+            (m, 0) if !tail => format!("{m} ms"),
+            (m, sd) => format!("{m} ± {sd} ms, {:.0} % at {} ms", self.tail_share * 100.0, self.tail_ms),
         }
     }
 }
