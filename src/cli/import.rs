@@ -156,10 +156,7 @@ where
             }
         }
     }
-    for d in tx.duplicates().await? {
-        outcome.bad_lines += 1;
-        report(d.line, format!("user_id: repeats line {}", d.first_line));
-    }
+    outcome.bad_lines += tx.duplicates(|d| report(d.line, format!("user_id: repeats line {}", d.first_line))).await?;
     Ok(outcome)
 }
 

@@ -118,15 +118,17 @@ impl<'k> BulkImport<'k> {
         Ok(())
     }
 
-    /// Sends what is left, then takes out and returns every line that repeats an earlier
-    /// line's user id, in line order.
-    pub async fn duplicates(&mut self) -> sqlx::Result<Vec<Duplicate>> {
+    /// Sends what is left, then takes out every line that repeats an earlier line's user
+    /// id and hands each to `each`, in line order, as the server streams them (memory stays
+    /// flat however many there are). Returns how many.
+    pub async fn duplicates(&mut self, mut each: impl FnMut(Duplicate)) -> sqlx::Result<u64> {
+        use futures_util::TryStreamExt;
         self.flush().await?;
         let conn = self.tx.conn();
         // Temporary tables are never analysed automatically; the joins below need the
         // row count to pick hash joins over nested loops.
         sqlx::query("ANALYZE im1_import_staging").execute(&mut *conn).await?;
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        let mut rows = sqlx::query_as::<_, (i64, i64)>(
             "WITH d AS (
                  SELECT line, min(line) OVER (PARTITION BY user_id) AS first_line FROM im1_import_staging
              ),
@@ -137,9 +139,13 @@ impl<'k> BulkImport<'k> {
              )
              SELECT line, first_line FROM x ORDER BY line",
         )
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(rows.into_iter().map(|(line, first)| Duplicate { line: line as u64, first_line: first as u64 }).collect())
+        .fetch(&mut *conn);
+        let mut found = 0;
+        while let Some((line, first)) = rows.try_next().await? {
+            each(Duplicate { line: line as u64, first_line: first as u64 });
+            found += 1;
+        }
+        Ok(found)
     }
 
     /// Writes every staged line: replacements through the per-row path, new credentials

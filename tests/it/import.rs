@@ -103,7 +103,9 @@ async fn bulk<'k>(
     for (i, line) in lines.iter().enumerate() {
         bulk.stage(i as u64 + 1, parse_import_line(&line.to_string()).unwrap()).await.unwrap();
     }
-    let duplicates = bulk.duplicates().await.unwrap().iter().map(|d| (d.line, d.first_line)).collect();
+    let mut duplicates = Vec::new();
+    let found = bulk.duplicates(|d| duplicates.push((d.line, d.first_line))).await.unwrap();
+    assert_eq!(found as usize, duplicates.len());
     (bulk, duplicates)
 }
 
