@@ -320,7 +320,12 @@ where
     N: for<'a> FormatFields<'a> + 'static,
     F: FormatEvent<S, N>,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
         let ids = ctx.parent_span().and_then(|span| {
             let dispatch = self.dispatch.get()?;
             let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
@@ -333,7 +338,9 @@ where
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         match line.strip_prefix('{') {
-            Some(rest) => write!(writer, "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}", sc.trace_id(), sc.span_id()),
+            Some(rest) => {
+                write!(writer, "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}", sc.trace_id(), sc.span_id())
+            }
             None => writer.write_str(&line),
         }
     }
@@ -405,8 +412,9 @@ mod tests {
         assert!(TraceConfig::from_env(env(&[on[0], ("OTEL_TRACES_EXPORTER", "none")])).unwrap().is_none());
         let config = TraceConfig::from_env(env(&on)).unwrap().unwrap();
         assert_eq!(config.endpoint, "http://collector:4318/v1/traces");
-        let config =
-            TraceConfig::from_env(env(&[on[0], ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/x")])).unwrap().unwrap();
+        let config = TraceConfig::from_env(env(&[on[0], ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/x")]))
+            .unwrap()
+            .unwrap();
         assert_eq!(config.endpoint, "https://c/x");
     }
 
