@@ -8,7 +8,10 @@
 //!
 //! Options: `--credentials N` (default 100000), `--latency-ms MS` (simulator delay per
 //! answer, default 0), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
-//! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`.
+//! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`, `--trace-ratio R` (export
+//! traces over OTLP/HTTP to a sink in this process that decodes and counts them, sampling each
+//! check with probability R: `OTEL_TRACES_SAMPLER=parentbased_traceidratio`; `1` is
+//! `always_on`; absent, tracing is off).
 //! Needs a PostgreSQL server: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres.
 
 use std::process::{Child, Command, Stdio};
@@ -31,6 +34,7 @@ struct Options {
     batch: Option<u64>,
     explain: bool,
     keep: bool,
+    trace_ratio: Option<f64>,
 }
 
 fn options() -> Options {
@@ -42,6 +46,7 @@ fn options() -> Options {
         batch: None,
         explain: false,
         keep: false,
+        trace_ratio: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,6 +58,9 @@ fn options() -> Options {
             "--sweeps" => o.sweeps = value() as u32,
             "--batch" => o.batch = Some(value()),
             "--explain" => o.explain = true,
+            "--trace-ratio" => {
+                o.trace_ratio = Some(args.next().and_then(|v| v.parse().ok()).expect("a ratio after --trace-ratio"))
+            }
             "--keep" => o.keep = true,
             "--bench" => {}
             other => panic!("unknown option {other}"),
@@ -108,6 +116,13 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_for_port(port).await?;
+    let sink = match o.trace_ratio {
+        Some(_) => Some(otlp_sink().await?),
+        None => None,
+    };
+    if let Some(ratio) = o.trace_ratio {
+        println!("tracing on: each check sampled with probability {ratio}, exported to an in-process OTLP sink");
+    }
 
     for n in 1..=o.sweeps {
         let before = commits(&pool, &db).await?;
@@ -131,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
                 o.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),
             )
             .env("RUST_LOG", "warn")
+            .envs(trace_env(o.trace_ratio, sink.as_ref()))
             .stdout(Stdio::piped())
             .spawn()?;
         let pid = child.id();
@@ -162,6 +178,11 @@ async fn main() -> anyhow::Result<()> {
             peak_kib as f64 / 1024.0,
             report["outcomes"]
         );
+        if let Some(sink) = &sink {
+            // The sweep process exports what is queued before it exits.
+            let (requests, spans) = sink.take();
+            println!("  traces: {spans} spans received in {requests} export requests");
+        }
         if o.latency_ms > 0 {
             let ideal = o.concurrency as f64 / (o.latency_ms as f64 / 1000.0);
             println!(
@@ -287,4 +308,61 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Spans and export requests an OTLP/HTTP sink received.
+#[derive(Default)]
+struct Sink {
+    counts: std::sync::Mutex<(u64, u64)>,
+    addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl Sink {
+    /// (requests, spans) since the last call.
+    fn take(&self) -> (u64, u64) {
+        std::mem::take(&mut *self.counts.lock().unwrap())
+    }
+}
+
+/// An OTLP/HTTP receiver that decodes each export (as a collector would) and counts spans.
+async fn otlp_sink() -> anyhow::Result<std::sync::Arc<Sink>> {
+    use prost::Message;
+    let sink = std::sync::Arc::new(Sink::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    sink.addr.set(listener.local_addr()?).ok();
+    let state = sink.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                };
+                let spans: usize =
+                    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                let mut counts = state.counts.lock().unwrap();
+                counts.0 += 1;
+                counts.1 += spans as u64;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(sink)
+}
+
+/// The sweep's OTEL_* environment for `--trace-ratio`.
+fn trace_env(ratio: Option<f64>, sink: Option<&std::sync::Arc<Sink>>) -> Vec<(String, String)> {
+    let (Some(ratio), Some(sink)) = (ratio, sink) else { return Vec::new() };
+    let addr = sink.addr.get().expect("the sink is bound");
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{addr}"))];
+    if ratio >= 1.0 {
+        env.push(("OTEL_TRACES_SAMPLER".to_owned(), "always_on".to_owned()));
+    } else {
+        env.push(("OTEL_TRACES_SAMPLER".to_owned(), "parentbased_traceidratio".to_owned()));
+        env.push(("OTEL_TRACES_SAMPLER_ARG".to_owned(), ratio.to_string()));
+    }
+    env
 }

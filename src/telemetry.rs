@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample,
+};
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -48,7 +50,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct TraceConfig {
     /// Full URL spans are posted to (`…/v1/traces`).
     pub endpoint: String,
-    pub sampler: Sampler,
+    pub sampler: Sampling,
     /// The export queue's bound, spans per export, and the delay between exports; `None`
     /// leaves each to `OTEL_BSP_MAX_QUEUE_SIZE` (2048), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
     /// (512) and `OTEL_BSP_SCHEDULE_DELAY` (5 s), read by the SDK.
@@ -96,7 +98,7 @@ impl TraceConfig {
             Ok(sampler) => sampler,
             Err(problem) => {
                 problems.push(problem);
-                Sampler::AlwaysOff
+                Sampling::Sdk(Sampler::AlwaysOff)
             }
         };
         let timeout = match get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").or_else(|| get("OTEL_EXPORTER_OTLP_TIMEOUT")) {
@@ -134,7 +136,7 @@ impl TraceConfig {
 
 /// `OTEL_TRACES_SAMPLER` and its argument, as the specification names them. Unset is
 /// `parentbased_always_on`.
-fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
+fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampling, String> {
     let ratio = || -> Result<f64, String> {
         match arg {
             None => Ok(1.0),
@@ -145,12 +147,13 @@ fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
         }
     };
     Ok(match name.unwrap_or("parentbased_always_on") {
-        "always_on" => Sampler::AlwaysOn,
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
-        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        "always_on" => Sampling::Sdk(Sampler::AlwaysOn),
+        "always_off" => Sampling::Sdk(Sampler::AlwaysOff),
+        "parentbased_always_on" => Sampling::Sdk(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+        "parentbased_always_off" => Sampling::Sdk(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))),
+        // A whole sweep is one trace, so a ratio over trace ids would keep all of a sweep or
+        // none of it: the ratio applies to each check (and API request) instead.
+        "traceidratio" | "parentbased_traceidratio" => Sampling::PerCheck(ratio()?),
         other => {
             return Err(format!(
                 "OTEL_TRACES_SAMPLER: {other:?} is not one of always_on, always_off, traceidratio, \
@@ -158,6 +161,69 @@ fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
             ));
         }
     })
+}
+
+/// Which spans are kept.
+#[derive(Debug, Clone)]
+pub enum Sampling {
+    /// One of the SDK's samplers (`always_on`, `always_off`, `parentbased_always_*`).
+    Sdk(Sampler),
+    /// `traceidratio` and `parentbased_traceidratio` with their ratio, applied per check.
+    PerCheck(f64),
+}
+
+impl Sampling {
+    fn boxed(&self) -> Box<dyn ShouldSample> {
+        match self {
+            Sampling::Sdk(sampler) => Box::new(sampler.clone()),
+            Sampling::PerCheck(ratio) => Box::new(PerCheck { ratio: *ratio }),
+        }
+    }
+}
+
+/// The ratio sampler of this service. A sweep is one trace (sweep → claim batches → checks
+/// → supplier requests, and write-backs), so sampling by trace id would keep a whole sweep
+/// or nothing. Instead each `check` span, and each RP API request (`api.check`), is kept
+/// with probability `ratio`, and everything under it follows it; the sweep's skeleton
+/// (sweep, claim batches, write-backs, canaries: a few spans per thousand checks) is always
+/// kept, so a kept check always has its parents. A priority check is always kept (its
+/// request was the operator's reason to look). With ratio 0 nothing is kept.
+#[derive(Debug, Clone)]
+pub struct PerCheck {
+    pub ratio: f64,
+}
+
+/// Spans that are a unit of work an operator follows: sampled one by one.
+const SAMPLED_UNITS: [&str; 2] = ["check", "api.check"];
+
+impl ShouldSample for PerCheck {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        _trace_id: TraceId,
+        name: &str,
+        _kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        let parent = parent.filter(|cx| cx.has_active_span()).map(|cx| cx.span().span_context().clone());
+        let keep = match &parent {
+            Some(p) if !p.is_sampled() => false,
+            _ if self.ratio <= 0.0 => false,
+            _ if SAMPLED_UNITS.contains(&name) => {
+                let priority = attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "priority" && kv.value == opentelemetry::Value::Bool(true));
+                priority || rand::random::<f64>() < self.ratio
+            }
+            _ => true,
+        };
+        SamplingResult {
+            decision: if keep { SamplingDecision::RecordAndSample } else { SamplingDecision::Drop },
+            attributes: Vec::new(),
+            trace_state: parent.map(|p| p.trace_state().clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// The tracer provider: an OTLP/HTTP protobuf exporter (reqwest, rustls with ring) behind a
@@ -196,7 +262,7 @@ pub fn provider(config: &TraceConfig) -> Result<SdkTracerProvider, String> {
     }
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(config.sampler.clone())
+        .with_sampler(config.sampler.boxed())
         .with_resource(resource.build())
         .build())
 }
@@ -426,12 +492,50 @@ mod tests {
             all.extend_from_slice(pairs);
             format!("{:?}", TraceConfig::from_env(env(&all)).unwrap().unwrap().sampler)
         };
-        assert_eq!(sampler_of(&[]), format!("{:?}", Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
+        assert_eq!(sampler_of(&[]), format!("{:?}", Sampling::Sdk(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))));
         assert_eq!(
             sampler_of(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")]),
-            format!("{:?}", Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1))))
+            format!("{:?}", Sampling::PerCheck(0.1))
         );
-        assert_eq!(sampler_of(&[("OTEL_TRACES_SAMPLER", "always_off")]), format!("{:?}", Sampler::AlwaysOff));
+        assert_eq!(sampler_of(&[("OTEL_TRACES_SAMPLER", "traceidratio")]), format!("{:?}", Sampling::PerCheck(1.0)));
+        assert_eq!(
+            sampler_of(&[("OTEL_TRACES_SAMPLER", "always_off")]),
+            format!("{:?}", Sampling::Sdk(Sampler::AlwaysOff))
+        );
+    }
+
+    fn decide(sampler: &PerCheck, parent: Option<bool>, name: &str, priority: bool) -> bool {
+        use opentelemetry::trace::{SpanKind, TraceContextExt};
+        let parent = parent.map(|sampled| {
+            let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            let sc = SpanContext::new(TraceId::from(7), SpanId::from(9), flags, false, TraceState::default());
+            opentelemetry::Context::new().with_remote_span_context(sc)
+        });
+        let attributes = [opentelemetry::KeyValue::new("priority", priority)];
+        let result =
+            sampler.should_sample(parent.as_ref(), TraceId::from(7), name, &SpanKind::Internal, &attributes, &[]);
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    #[test]
+    fn the_ratio_picks_checks_and_keeps_the_sweep_skeleton() {
+        let none = PerCheck { ratio: 0.0 };
+        let all = PerCheck { ratio: 1.0 };
+        // The skeleton: roots and children of kept spans are kept at any ratio above 0.
+        assert!(decide(&all, None, "sweep", false));
+        assert!(decide(&all, Some(true), "claim", false));
+        assert!(decide(&all, Some(true), "check", false));
+        assert!(!decide(&none, None, "sweep", false));
+        // A check is kept with the ratio's probability, a priority check always; what is
+        // under a dropped span is dropped.
+        assert!(!decide(&none, Some(true), "check", false));
+        assert!(!decide(&PerCheck { ratio: 1e-12 }, Some(true), "check", false));
+        assert!(decide(&PerCheck { ratio: 1e-12 }, Some(true), "check", true));
+        assert!(!decide(&all, Some(false), "supplier.request", false));
+        assert!(!decide(&all, Some(false), "check", true));
+        let tenth = PerCheck { ratio: 0.1 };
+        let kept = (0..10_000).filter(|_| decide(&tenth, Some(true), "check", false)).count();
+        assert!((500..1500).contains(&kept), "{kept} of 10,000 checks kept at 0.1");
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn receiver(received: Arc<Received>) -> String {
 fn config(endpoint: String, queue: usize, batch: usize) -> TraceConfig {
     TraceConfig {
         endpoint,
-        sampler: Sampler::AlwaysOn,
+        sampler: telemetry::Sampling::Sdk(Sampler::AlwaysOn),
         max_queue_size: Some(queue),
         max_export_batch_size: Some(batch),
         scheduled_delay: None,
