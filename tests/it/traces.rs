@@ -463,3 +463,51 @@ async fn a_stuck_collector_holds_at_most_the_bounded_queue(pool: PgPool) {
         unique.len()
     );
 }
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn the_binary_exports_its_sweep_from_otel_variables_and_its_log_lines_carry_the_trace_id(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.emis_user("user-5d2b8f", &["valid"]).await;
+    let received = Arc::new(Received::default());
+    let endpoint = receiver(received.clone()).await;
+    let base = endpoint.trim_end_matches("/v1/traces").to_owned();
+    let env = binary_env(
+        database_url(&pool),
+        &app,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
+            ("OTEL_SERVICE_NAME", "im1-trace-test"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+        ],
+    );
+    let out = run_binary(&["sweep", "--json"], env.clone(), String::new()).await;
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, 0, "{stderr}");
+    // The process exported its spans before it exited.
+    let spans = received.spans.lock().unwrap().clone();
+    let sweep = spans.iter().find(|s| s.name == "sweep").expect("the sweep span was exported at exit");
+    assert!(spans.iter().any(|s| s.name == "check" && s.trace_id == sweep.trace_id));
+    let resources = received.resources.lock().unwrap().clone();
+    let resource: HashMap<String, String> =
+        resources[0].iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(value).unwrap_or_default())).collect();
+    assert_eq!(resource["service.name"], "im1-trace-test");
+    assert_eq!(resource["deployment.environment.name"], "test");
+    for text in spans.iter().flat_map(all_text) {
+        assert!(!text.contains("5d2b8f"), "{text}");
+    }
+    // Its JSON log lines inside the sweep carry the sweep's trace id.
+    let finished = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "sweep finished")
+        .unwrap_or_else(|| panic!("no `sweep finished` line in {stderr}"));
+    assert_eq!(finished["trace_id"].as_str(), Some(hex(&sweep.trace_id).as_str()), "{finished}");
+
+    // A value it cannot use stops it before any work, naming the variable.
+    let mut bad = env;
+    bad.push(("OTEL_TRACES_SAMPLER".into(), "sometimes".into()));
+    let out = run_binary(&["sweep"], bad, String::new()).await;
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("OTEL_TRACES_SAMPLER"), "{stderr}");
+}
