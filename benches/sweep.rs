@@ -40,6 +40,8 @@ struct Options {
     nhs: bool,
     /// Vision credentials seeded besides the EMIS ones (the realistic-latency stage's).
     vision: u64,
+    /// Export traces to an in-process OTLP sink, sampling each check with this probability.
+    trace_ratio: Option<f64>,
 }
 
 fn options() -> Options {
@@ -58,6 +60,7 @@ fn options() -> Options {
         import_only: false,
         nhs: false,
         vision: 0,
+        trace_ratio: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -73,6 +76,9 @@ fn options() -> Options {
             "--batch" => o.batch = Some(value()),
             "--vision" => o.vision = value(),
             "--explain" => o.explain = true,
+            "--trace-ratio" => {
+                o.trace_ratio = Some(args.next().and_then(|v| v.parse().ok()).expect("a ratio after --trace-ratio"))
+            }
             "--keep" => o.keep = true,
             "--import-only" => o.import_only = true,
             "--tail-share" => {
@@ -107,6 +113,9 @@ struct Bench {
     pool: PgPool,
     /// To the server's maintenance database, to drop the bench database at the end.
     admin: sqlx::PgConnection,
+    /// `--trace-ratio`: the sampling ratio and the sink the sweeps export to.
+    trace_ratio: Option<f64>,
+    sink: Option<std::sync::Arc<Sink>>,
 }
 
 /// How the simulator answers during one stage.
@@ -167,7 +176,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let o = options();
-    let bench = Bench::create().await?;
+    let mut bench = Bench::create().await?;
+    if let Some(ratio) = o.trace_ratio {
+        bench.trace_ratio = Some(ratio);
+        bench.sink = Some(otlp_sink().await?);
+        println!("tracing on: each check sampled with probability {ratio}, exported to an in-process OTLP sink");
+    }
     println!(
         "bench: {} EMIS credentials{}, database {}",
         o.credentials,
@@ -321,7 +335,7 @@ impl Bench {
         );
         let pool = PgPool::connect(&url).await?;
         im1_revalidator::store::migrate(&pool).await?;
-        Ok(Bench { url, db, pool, admin })
+        Ok(Bench { url, db, pool, admin, trace_ratio: None, sink: None })
     }
 
     /// Reports the database's size, then drops it unless `keep`.
@@ -416,6 +430,7 @@ async fn run_stage(bench: &Bench, stage: &Stage) -> anyhow::Result<Measured> {
                 stage.batch.map_or_else(|| im1_revalidator::config::DEFAULT_BATCH_SIZE.to_string(), |b| b.to_string()),
             )
             .env("RUST_LOG", "warn")
+            .envs(trace_env(bench.trace_ratio, bench.sink.as_ref()))
             .stdout(Stdio::piped())
             .spawn()?;
         children.push(child);
@@ -445,6 +460,13 @@ async fn run_stage(bench: &Bench, stage: &Stage) -> anyhow::Result<Measured> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let statements = commits(pool, &bench.db).await? - before;
     let mut notes = Vec::new();
+    let cpu = f64::from_bits(CPU_SECONDS.load(std::sync::atomic::Ordering::Relaxed));
+    notes.push(format!("sweep CPU {cpu:.2}s = {:.1} µs per check", cpu * 1e6 / checks.max(1) as f64));
+    if let Some(sink) = &bench.sink {
+        // The sweep processes export what is queued before they exit.
+        let (requests, spans) = sink.take();
+        notes.push(format!("traces: {spans} spans received in {requests} export requests"));
+    }
     if stage.latency.mean_ms > 0 {
         let mean_ms = stage.latency.expected_mean_ms();
         let ideal = stage.concurrency as f64 * stage.replicas as f64 / (mean_ms / 1000.0);
@@ -546,10 +568,14 @@ fn slot_use(samples: &[u64], concurrency: usize) -> String {
     )
 }
 
+/// The CPU seconds the children of the last [`measure_all`] used, to the last 20 ms poll.
+static CPU_SECONDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Waits for every child, sampling each one's peak resident memory; returns each exit
 /// status and peak in KiB.
 async fn measure_all(children: &mut [Child]) -> anyhow::Result<Vec<(std::process::ExitStatus, u64)>> {
     let mut peaks = vec![0u64; children.len()];
+    let mut cpu = vec![0f64; children.len()];
     let mut statuses = vec![None; children.len()];
     while statuses.iter().any(Option::is_none) {
         for (i, child) in children.iter_mut().enumerate() {
@@ -559,10 +585,15 @@ async fn measure_all(children: &mut [Child]) -> anyhow::Result<Vec<(std::process
             if let Some(kib) = vm_hwm(child.id()) {
                 peaks[i] = peaks[i].max(kib);
             }
+            if let Some(seconds) = cpu_seconds(child.id()) {
+                cpu[i] = cpu[i].max(seconds);
+            }
             statuses[i] = child.try_wait()?;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let total_cpu: f64 = cpu.iter().sum();
+    CPU_SECONDS.store(total_cpu.to_bits(), std::sync::atomic::Ordering::Relaxed);
     Ok(statuses.into_iter().flatten().zip(peaks).collect())
 }
 
@@ -664,6 +695,16 @@ async fn commits(pool: &PgPool, db: &str) -> anyhow::Result<i64> {
         .await?)
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so split after its `)`).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
 fn vm_hwm(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -694,4 +735,61 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Spans and export requests an OTLP/HTTP sink received.
+#[derive(Default)]
+struct Sink {
+    counts: std::sync::Mutex<(u64, u64)>,
+    addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl Sink {
+    /// (requests, spans) since the last call.
+    fn take(&self) -> (u64, u64) {
+        std::mem::take(&mut *self.counts.lock().unwrap())
+    }
+}
+
+/// An OTLP/HTTP receiver that decodes each export (as a collector would) and counts spans.
+async fn otlp_sink() -> anyhow::Result<std::sync::Arc<Sink>> {
+    use prost::Message;
+    let sink = std::sync::Arc::new(Sink::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    sink.addr.set(listener.local_addr()?).ok();
+    let state = sink.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                };
+                let spans: usize =
+                    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                let mut counts = state.counts.lock().unwrap();
+                counts.0 += 1;
+                counts.1 += spans as u64;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(sink)
+}
+
+/// The sweep's OTEL_* environment for `--trace-ratio`.
+fn trace_env(ratio: Option<f64>, sink: Option<&std::sync::Arc<Sink>>) -> Vec<(String, String)> {
+    let (Some(ratio), Some(sink)) = (ratio, sink) else { return Vec::new() };
+    let addr = sink.addr.get().expect("the sink is bound");
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{addr}"))];
+    if ratio >= 1.0 {
+        env.push(("OTEL_TRACES_SAMPLER".to_owned(), "always_on".to_owned()));
+    } else {
+        env.push(("OTEL_TRACES_SAMPLER".to_owned(), "parentbased_traceidratio".to_owned()));
+        env.push(("OTEL_TRACES_SAMPLER_ARG".to_owned(), ratio.to_string()));
+    }
+    env
 }

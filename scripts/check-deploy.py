@@ -156,6 +156,17 @@ def simulator_prefixes():
     return prefixes
 
 
+# The OTEL_* variables the service reads (README, "Tracing"; src/telemetry.rs).
+OTEL_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+}
+
+
 def interpolate_default(value):
     """Compose's ${VAR:-default} with VAR unset."""
     return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
@@ -206,6 +217,16 @@ def compose():
     m = re.fullmatch(r"([A-Za-z0-9_-]+):([A-Za-z0-9+/=]+)", keys)
     if check(m is not None, "docker-compose.yml: IM1_ENCRYPTION_KEYS default is id:base64key"):
         check(len(base64.b64decode(m.group(2))) == 32, "docker-compose.yml: development key is 32 bytes")
+    # Traces: a Jaeger (or OpenTelemetry Collector) service receiving OTLP/HTTP, the worker
+    # exporting to it, and nothing but the standard OTEL_* variables configuring it.
+    collectors = [n for n, svc in services.items() if re.match(r"(jaegertracing/(jaeger|all-in-one)|otel/opentelemetry-collector)", str(svc.get("image", "")))]
+    if check(len(collectors) == 1, f"docker-compose.yml: one Jaeger or OpenTelemetry Collector service, got {collectors}"):
+        name = collectors[0]
+        check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == f"http://{name}:4318", f"compose: worker OTEL_EXPORTER_OTLP_ENDPOINT should be http://{name}:4318 (OTLP/HTTP)")
+        check(name in deps, f"docker-compose.yml: worker depends on {name}")
+        check(any(str(p).endswith(":16686") for p in services[name].get("ports", [])) or "collector" in name, f"docker-compose.yml: {name} publishes its UI (16686)")
+    unknown_otel = [k for k in env if k.startswith("OTEL_") and k not in OTEL_VARIABLES]
+    check(not unknown_otel, f"docker-compose.yml: worker has OTEL_* variables the service does not read: {unknown_otel}")
     grace = seconds(env.get("IM1_SHUTDOWN_GRACE", "25s"))
     stop = worker.get("stop_grace_period")
     check(stop is not None and seconds(stop) > grace, "docker-compose.yml: worker stop_grace_period > IM1_SHUTDOWN_GRACE")

@@ -22,6 +22,8 @@
 //!   bounds (connection cap, header and request timeouts: [`admin::server`]).
 //! - [`simulator`]: simulated supplier APIs for tests, demos and RP development.
 //! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
+//! - [`telemetry`]: JSON logs, and OpenTelemetry traces (OTLP/HTTP) when `OTEL_*` asks:
+//!   one trace per sweep, a span per claim batch, check, supplier request and write-back.
 //!
 //! Time comes from one injectable [`clock`]; shutdown is a value ([`shutdown`]) passed in.
 

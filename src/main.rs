@@ -10,9 +10,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; its per-credential log lines would drown that out.
     let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    im1_revalidator::telemetry::init(default_level);
-    // One TLS provider for the process (ring; no aws-lc build needed).
+    // One TLS provider for the process (ring; no aws-lc build needed), before anything
+    // builds a client (the trace exporter does).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Exports queued spans when dropped, at the end of main.
+    let _telemetry = match im1_revalidator::telemetry::init(default_level) {
+        Ok(guard) => guard,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("im1-revalidator: {problem}");
+            }
+            return ExitCode::from(2);
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

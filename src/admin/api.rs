@@ -260,7 +260,9 @@ async fn put_credential(
 }
 
 /// `POST /v1/credentials/{user_id}/check[?wait=10s]`: a priority check, optionally
-/// waiting (at most [`MAX_WAIT`]) for its result.
+/// waiting (at most [`MAX_WAIT`]) for its result. Its span is linked from the check's span,
+/// whichever process makes the check.
+#[tracing::instrument(name = "api.check", skip_all, fields(otel.kind = "server", http.request.method = "POST", http.route = "/v1/credentials/{user_id}/check"))]
 async fn check(
     _: Authorized,
     State(state): State<AdminState>,
@@ -278,7 +280,8 @@ async fn check(
                 .min(MAX_WAIT),
         ),
     };
-    let queued = priority::request(&state.pool, &user_id, state.clock.now())
+    let trace_parent = crate::telemetry::current_traceparent();
+    let queued = priority::request(&state.pool, &user_id, state.clock.now(), trace_parent.as_deref())
         .await
         .map_err(|e| ApiError::internal("requesting a priority check", e))?;
     if !queued {

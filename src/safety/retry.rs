@@ -60,9 +60,13 @@ pub async fn call_with_retries(
 ) -> Called {
     let mut delays = policy.delays();
     let mut calls = 0;
+    let breaker = if probe { "half_open_probe" } else { "closed" };
     loop {
-        let answer = adapter.check(target).await;
+        let call = crate::suppliers::http::Call { retry: calls, breaker };
+        let answer = crate::suppliers::http::CALL.scope(call, adapter.check(target)).await;
         calls += 1;
+        // The check's span (when traced) shows how many calls it took.
+        tracing::Span::current().record("attempts", calls);
         let retry_after = match answer.outcome {
             Outcome::Transient { retry_after } => retry_after,
             _ => {

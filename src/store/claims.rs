@@ -24,6 +24,8 @@ pub struct Claimed {
     pub token_ciphertext: Option<Vec<u8>>,
     pub standing: crate::policy::Standing,
     pub fence: i64,
+    /// For a priority check: the `traceparent` of the API request that asked for it.
+    pub trace_parent: Option<String>,
 }
 
 /// Claims up to `limit` of `supplier`'s credentials that were due at `due_by` and are not
@@ -78,6 +80,7 @@ pub async fn claim(
             ods_code: r.ods_code,
             token_ciphertext: r.token_ciphertext,
             fence: r.fence,
+            trace_parent: None,
             standing: standing_row!(r).into_standing(),
         })
         .collect())
@@ -116,7 +119,8 @@ pub async fn claim_priority(
         RETURNING c.user_id, c.supplier, c.ods_code, c.token_ciphertext, c.fence,
                   c.status, c.reason, c.refresh_required, c.refresh_attempts,
                   c.refresh_suppressed_until, c.strike_at, c.strike_reason, c.last_checked_at,
-                  c.last_outcome, c.last_verified_at, c.invalidated_at, c.failures
+                  c.last_outcome, c.last_verified_at, c.invalidated_at, c.failures,
+                  c.priority_trace_parent
         "#,
         &names,
         now,
@@ -136,6 +140,7 @@ pub async fn claim_priority(
                 ods_code: r.ods_code,
                 token_ciphertext: r.token_ciphertext,
                 fence: r.fence,
+                trace_parent: r.priority_trace_parent,
                 standing: standing_row!(r).into_standing(),
             })
         })
@@ -202,6 +207,7 @@ pub async fn peek_due(
                 ods_code: r.ods_code,
                 token_ciphertext: r.token_ciphertext,
                 fence: r.fence,
+                trace_parent: None,
                 standing: standing_row!(r).into_standing(),
             };
             (claimed, r.next_check_at)
@@ -319,6 +325,7 @@ pub async fn write_back<'e>(
                    lease_owner = NULL,
                    -- The check an RP asked for has been made.
                    priority_requested_at = NULL,
+                   priority_trace_parent = NULL,
                    updated_at = $20
               -- Sorted input: the nested loop over the primary key updates (and so locks)
               -- rows in user_id order, the order import locks them in, so writers cannot

@@ -7,14 +7,23 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// Asks for a check of `user_id` now. Returns false when there is no such credential, or
-/// it is never checked (Microtest).
-pub async fn request(pool: &PgPool, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
+/// it is never checked (Microtest). `trace_parent`: the asking request's span, which the
+/// check will link to (the first request's, while one is pending).
+pub async fn request(
+    pool: &PgPool,
+    user_id: &str,
+    now: DateTime<Utc>,
+    trace_parent: Option<&str>,
+) -> sqlx::Result<bool> {
     let done = sqlx::query!(
         r#"UPDATE im1_credentials
-              SET priority_requested_at = coalesce(priority_requested_at, $2)
+              SET priority_requested_at = coalesce(priority_requested_at, $2),
+                  priority_trace_parent = CASE WHEN priority_requested_at IS NULL THEN $3
+                                               ELSE priority_trace_parent END
             WHERE user_id = $1 AND status <> 'unsupported'"#,
         user_id,
         now,
+        trace_parent,
     )
     .execute(pool)
     .await?;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use tracing::Instrument;
 
 /// Largest answer body read from a supplier.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -121,6 +122,27 @@ impl RawAnswer {
     }
 }
 
+/// Which call of a check a request belongs to, for its span: set by the retry loop around
+/// each call of an adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// 0 for the first call, then 1, 2, … for each retry.
+    pub retry: u32,
+    /// The breaker's decision that let the call through: `closed`, or `half_open_probe`.
+    pub breaker: &'static str,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Call { retry: 0, breaker: "closed" }
+    }
+}
+
+tokio::task_local! {
+    /// The call in progress (see [`Call`]); absent outside the retry loop (adapter tests).
+    pub static CALL: Call;
+}
+
 /// One supplier's client. Cheap to clone (reqwest's client is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
@@ -145,14 +167,50 @@ impl HttpClient {
         &self.client
     }
 
-    /// Sends a request and reads the whole answer, up to [`MAX_BODY`].
+    /// Sends a request and reads the whole answer, up to [`MAX_BODY`]. Each request is a
+    /// span (`supplier.request`): method, route template (the URL's path, which never holds
+    /// a token or a user id), TPP's message type, status, the retry it belongs to and the
+    /// breaker's decision (from [`CALL`]).
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawAnswer, TransportError> {
+        let request = request.build().map_err(|e| TransportError::from_reqwest(&e))?;
+        let call = CALL.try_with(|c| *c).unwrap_or_default();
+        let message = request.headers().get("type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        // Debug level: with tracing off and logs at info, the span is never built.
+        let span = tracing::debug_span!(
+            "supplier.request",
+            otel.name = %format_args!("{} {}", request.method(), request.url().path()),
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            url.template = request.url().path(),
+            tpp.message = message,
+            retry = call.retry,
+            breaker = call.breaker,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let answer = self.send_built(request).instrument(span.clone()).await;
+        match &answer {
+            Ok(raw) => {
+                span.record("http.response.status_code", raw.status);
+                if raw.status >= 500 || raw.status == 429 {
+                    crate::telemetry::set_error(&span, "supplier answered with an error status");
+                }
+            }
+            Err(e) => {
+                span.record("error.type", e.detail());
+                crate::telemetry::set_error(&span, e.detail());
+            }
+        }
+        answer
+    }
+
+    async fn send_built(&self, request: reqwest::Request) -> Result<RawAnswer, TransportError> {
         // Held until the whole answer is read: in flight means on the wire.
         let _permit = match &self.throttle {
             Some(throttle) => throttle.admit().await,
             None => None,
         };
-        let mut response = request.send().await.map_err(|e| TransportError::from_reqwest(&e))?;
+        let mut response = self.client.execute(request).await.map_err(|e| TransportError::from_reqwest(&e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
         if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {

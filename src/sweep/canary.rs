@@ -54,7 +54,9 @@ impl Engine {
         failed
     }
 
-    /// True when any of `supplier`'s canaries failed.
+    /// True when any of `supplier`'s canaries failed. A span (debug level) per supplier's
+    /// canaries: how many, how many failed.
+    #[tracing::instrument(level = "debug", name = "canaries", skip_all, fields(supplier = %supplier, probes = tracing::field::Empty, failed = tracing::field::Empty))]
     async fn probe_supplier(&self, supplier: Supplier, dry_run: bool) -> bool {
         let probes = match canaries::for_supplier(&self.pool, supplier).await {
             Ok(probes) => probes,
@@ -63,6 +65,8 @@ impl Engine {
                 return true;
             }
         };
+        let span = tracing::Span::current();
+        span.record("probes", probes.len());
         let mut any_failed = false;
         for probe in probes {
             // While the breaker is open nothing is called, canaries included: the
@@ -74,6 +78,8 @@ impl Engine {
             let evidence = serde_json::to_value(&answer.evidence).unwrap_or_default();
             if !passed {
                 any_failed = true;
+                span.record("failed", true);
+                crate::telemetry::set_error(&span, "a canary did not answer valid");
                 self.metrics.canary_failures.get_or_create(&crate::metrics::supplier_label(supplier)).inc();
                 tracing::error!(
                     user_id = %probe.user_id,

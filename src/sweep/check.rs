@@ -121,7 +121,34 @@ impl Context {
         self.check(row).await
     }
 
+    /// One check, as a span (debug level: never built while tracing is off and logs are at
+    /// info): supplier, ODS code, the breaker's decision, calls made, outcome, strike and
+    /// reason. Never the user id or the token. A priority check links to the API request
+    /// that asked for it.
+    #[tracing::instrument(
+        level = "debug",
+        name = "check",
+        skip_all,
+        fields(
+            supplier = %row.supplier,
+            ods_code = %row.ods_code,
+            priority = row.trace_parent.is_some(),
+            breaker = tracing::field::Empty,
+            attempts = 0u32,
+            outcome = tracing::field::Empty,
+            strike = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            skipped = tracing::field::Empty,
+        )
+    )]
     async fn check(&self, row: Claimed) -> Done {
+        crate::telemetry::link(&tracing::Span::current(), row.trace_parent.as_deref());
+        let done = self.check_row(row).await;
+        record_on_span(&done);
+        done
+    }
+
+    async fn check_row(&self, row: Claimed) -> Done {
         let started = Instant::now();
         let supplier = row.supplier;
         let token = match self.usable_token(&row) {
@@ -148,6 +175,7 @@ impl Context {
             return self.decided(row, &observation, Evidence::detail(why), None);
         }
         let probe = admission == Admission::Probe;
+        tracing::Span::current().record("breaker", if probe { "half_open_probe" } else { "closed" });
         let Some(adapter) = self.adapters.get(&supplier) else {
             // Only configured suppliers are claimed; this is a defensive no-verdict.
             return self.skipped(row, "supplier_not_configured", None);
@@ -232,6 +260,56 @@ impl Context {
             supplier: row.supplier,
             ods_code: row.ods_code,
         }
+    }
+}
+
+/// Writes a finished check's outcome on its span: `outcome` (the `last_outcome`), `strike`
+/// (`first` for a suspect answer, `confirmed` for a new invalid verdict, `repeat` for an
+/// answer on an already invalid token), `reason`, and `skipped` with why. A check that got
+/// no verdict from its supplier (transient, practice unavailable, our configuration) is an
+/// error on the span.
+fn record_on_span(done: &Done) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let Done::Verdict { verdict, .. } = done else {
+        span.record("outcome", "released");
+        return;
+    };
+    let standing = &verdict.decision.standing;
+    let outcome = standing.last_outcome.map_or("none", |o| o.as_str());
+    span.record("outcome", outcome);
+    match standing.last_outcome {
+        Some(LastOutcome::Suspect) => {
+            span.record("strike", "first");
+        }
+        Some(LastOutcome::Invalid) if verdict.from_status == Status::Invalid => {
+            span.record("strike", "repeat");
+        }
+        Some(LastOutcome::Invalid) => {
+            span.record("strike", "confirmed");
+        }
+        _ => {}
+    }
+    let reason = match standing.last_outcome {
+        Some(LastOutcome::Suspect) => standing.strike_reason,
+        Some(LastOutcome::Held) => verdict.held,
+        _ => standing.reason.filter(|_| standing.status == Status::Invalid),
+    };
+    if let Some(reason) = reason {
+        span.record("reason", reason.as_str());
+    }
+    if matches!(standing.last_outcome, Some(LastOutcome::Skipped))
+        && let Some(why) = verdict.evidence.get("detail").and_then(|d| d.as_str())
+    {
+        span.record("skipped", why);
+    }
+    if matches!(
+        standing.last_outcome,
+        Some(LastOutcome::Transient | LastOutcome::PracticeUnavailable | LastOutcome::SupplierConfigError)
+    ) {
+        crate::telemetry::set_error(&span, outcome);
     }
 }
 

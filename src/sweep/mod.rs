@@ -22,6 +22,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
@@ -144,7 +145,20 @@ impl Engine {
     /// One pass over every credential due when the sweep starts.
     ///
     /// Returns an error only for database failures; supplier trouble is in the report.
-    #[tracing::instrument(skip_all, fields(trigger = request.trigger.as_str(), supplier = ?request.supplier, dry_run = request.dry_run))]
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            trigger = request.trigger.as_str(),
+            supplier = ?request.supplier,
+            dry_run = request.dry_run,
+            checks = tracing::field::Empty,
+            status_changes = tracing::field::Empty,
+            newly_refresh_required = tracing::field::Empty,
+            leases_lost = tracing::field::Empty,
+            released = tracing::field::Empty,
+            result = tracing::field::Empty,
+        )
+    )]
     pub async fn sweep(&self, request: SweepRequest, shutdown: Shutdown) -> anyhow::Result<SweepReport> {
         let started = Instant::now();
         let due_by = self.clock.now();
@@ -208,6 +222,7 @@ impl Engine {
                 outcome: result_label.to_owned(),
             })
             .inc();
+        record_report(&tracing::Span::current(), &report, result_label, error.as_ref());
         tracing::info!(
             checks = report.checks,
             outcomes = ?report.outcomes,
@@ -227,10 +242,12 @@ impl Engine {
     /// Checks every credential an RP asked to have checked now (`POST …/check`), then
     /// returns. `run` calls this between scheduled sweeps; a sweep also takes pending
     /// requests first in every claim round.
+    #[tracing::instrument(level = "debug", name = "priority_sweep", skip_all, fields(checks = tracing::field::Empty))]
     pub async fn sweep_priority(&self, shutdown: Shutdown) -> anyhow::Result<SweepReport> {
         let suppliers = self.suppliers_for(&SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Command });
         match self.run_pipeline(&suppliers, self.clock.now(), false, true, shutdown).await {
             Ok(report) => {
+                tracing::Span::current().record("checks", report.checks);
                 if report.checks > 0 {
                     tracing::info!(checks = report.checks, outcomes = ?report.outcomes, "priority checks done");
                 }
@@ -273,7 +290,8 @@ impl Engine {
                 max_changes: MAX_REPORTED_CHANGES,
                 progress: self.progress.clone(),
             }
-            .run(rx),
+            .run(rx)
+            .in_current_span(),
         );
         let (hb_stop, hb_stopped) = tokio::sync::oneshot::channel::<()>();
         let heartbeat = (!dry_run).then(|| {
@@ -315,6 +333,14 @@ impl Engine {
             let now = self.clock.now();
             let lease_until = now + delta(self.limits.lease);
             let mut rows = Vec::new();
+            // One span per claim batch (debug level: never built while tracing is off and
+            // logs are at info); its checks are its children.
+            let claim_span = tracing::debug_span!(
+                "claim",
+                supplier = tracing::field::Empty,
+                priority_rows = tracing::field::Empty,
+                rows = tracing::field::Empty,
+            );
             if !dry_run {
                 let limit = if priority_only { batch } else { (batch / 2).max(1) };
                 match store::claims::claim_priority(
@@ -325,15 +351,18 @@ impl Engine {
                     self.process_id,
                     limit as i64,
                 )
+                .instrument(claim_span.clone())
                 .await
                 {
                     Ok(claimed) => rows = claimed,
                     Err(e) => {
+                        crate::telemetry::set_error(&claim_span, "claiming priority checks failed");
                         failure = Some(anyhow::Error::new(e).context("claiming priority checks"));
                         break;
                     }
                 }
             }
+            claim_span.record("priority_rows", rows.len());
             if priority_only {
                 if rows.is_empty() {
                     break;
@@ -342,6 +371,7 @@ impl Engine {
                 let limit = batch - rows.len();
                 let slot = turn % active.len();
                 let supplier = active[slot];
+                claim_span.record("supplier", supplier.as_str());
 
                 // A supplier that said our configuration is wrong is claimed no more.
                 let regular = if gates.is_stopped(supplier) {
@@ -370,6 +400,7 @@ impl Engine {
                         self.process_id,
                         limit as i64,
                     )
+                    .instrument(claim_span.clone())
                     .await
                 };
                 match regular {
@@ -382,11 +413,13 @@ impl Engine {
                         rows.extend(regular);
                     }
                     Err(e) => {
+                        crate::telemetry::set_error(&claim_span, "claiming credentials failed");
                         failure = Some(anyhow::Error::new(e).context(format!("claiming {supplier} credentials")));
                         break;
                     }
                 }
             }
+            claim_span.record("rows", rows.len());
             if !dry_run {
                 let mut held = lock(&in_flight);
                 for row in &rows {
@@ -399,12 +432,15 @@ impl Engine {
                 let running = running.clone();
                 let tx = tx.clone();
                 let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    let done = ctx.run(row, running, shutdown).await;
-                    // The window permit is held until the writer has the result.
-                    let _ = tx.send(done).await;
-                    drop(permit);
-                });
+                tasks.spawn(
+                    async move {
+                        let done = ctx.run(row, running, shutdown).await;
+                        // The window permit is held until the writer has the result.
+                        let _ = tx.send(done).await;
+                        drop(permit);
+                    }
+                    .instrument(claim_span.clone()),
+                );
             }
             drop(permits);
             while let Some(joined) = tasks.try_join_next() {
@@ -491,6 +527,29 @@ impl Engine {
             Some(e) => Err((report, e)),
             None => Ok(report),
         }
+    }
+}
+
+/// The sweep's counts on its span, and its status: an error when it failed (the
+/// description is the error's outermost context, which names no user) or was interrupted.
+fn record_report(span: &tracing::Span, report: &SweepReport, result: &str, error: Option<&anyhow::Error>) {
+    span.record("checks", report.checks);
+    span.record("status_changes", report.status_changes);
+    span.record("newly_refresh_required", report.newly_refresh_required);
+    span.record("leases_lost", report.leases_lost);
+    span.record("released", report.released);
+    span.record("result", result);
+    if span.is_disabled() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    for (outcome, n) in &report.outcomes {
+        span.set_attribute(format!("outcomes.{outcome}"), *n as i64);
+    }
+    match error {
+        Some(e) => crate::telemetry::set_error(span, &e.to_string()),
+        None if report.interrupted => crate::telemetry::set_error(span, "interrupted by shutdown"),
+        None => {}
     }
 }
 

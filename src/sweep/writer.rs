@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::check::{Done, is_flagging};
 use super::{InFlight, SweepReport, lock};
@@ -137,10 +138,23 @@ impl Writer {
             }
         }
         let (pool, clock) = (self.pool.clone(), self.clock.clone());
-        writes.spawn(async move {
-            let result = write(&pool, &clock, &batch.verdicts).await;
-            (batch, result)
-        });
+        // One span per write-back statement (debug level: never built while tracing is off
+        // and logs are at info), a child of the sweep's.
+        let span = tracing::debug_span!("write_back", rows = batch.len(), lost = tracing::field::Empty);
+        writes.spawn(
+            async move {
+                let result = write(&pool, &clock, &batch.verdicts).await;
+                let span = tracing::Span::current();
+                match &result {
+                    Ok(lost) => {
+                        span.record("lost", lost.len());
+                    }
+                    Err(_) => crate::telemetry::set_error(&span, "writing verdicts failed"),
+                }
+                (batch, result)
+            }
+            .instrument(span),
+        );
     }
 
     /// Books a finished write: drops the rows from the in-flight set, counts and logs.

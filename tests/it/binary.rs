@@ -229,7 +229,7 @@ async fn run_without_a_schedule_still_serves_priority_checks(pool: PgPool) {
     wait_for_status(&client, &format!("http://127.0.0.1:{port}/readyz"), 200).await;
     assert_eq!(app.sim.token_calls("guid-prio"), 0, "no schedule, no sweep");
     let asked = chrono::Utc::now();
-    assert!(im1_revalidator::store::priority::request(&pool, "u1", asked).await.unwrap());
+    assert!(im1_revalidator::store::priority::request(&pool, "u1", asked, None).await.unwrap());
     let mut served = false;
     for _ in 0..400 {
         if !im1_revalidator::store::priority::pending(&pool, "u1").await.unwrap() {

@@ -21,6 +21,7 @@ mod simulator_control;
 mod sweep;
 mod tls;
 mod tpp_adapter;
+mod traces;
 mod vision_adapter;
 mod vision_signing;
 mod wssec;

@@ -446,8 +446,8 @@ async fn priority_requests_are_served_between_sweeps(pool: PgPool) {
         app.emis_user(&format!("due{i}"), &[]).await;
     }
     let p = &app.pool;
-    assert!(im1_revalidator::store::priority::request(p, "asked", t0()).await.unwrap());
-    assert!(!im1_revalidator::store::priority::request(p, "nobody", t0()).await.unwrap());
+    assert!(im1_revalidator::store::priority::request(p, "asked", t0(), None).await.unwrap());
+    assert!(!im1_revalidator::store::priority::request(p, "nobody", t0(), None).await.unwrap());
     assert!(im1_revalidator::store::priority::pending(p, "asked").await.unwrap());
 
     // Between sweeps, `run` serves only the requests.
@@ -468,7 +468,7 @@ async fn priority_requests_never_starve_scheduled_work(pool: PgPool) {
     app.import(&lines).await;
     // Half of them also asked for a check now; batches of 4 take at most 2 of those.
     for i in 0..20 {
-        im1_revalidator::store::priority::request(&app.pool, &format!("u{i:02}"), t0()).await.unwrap();
+        im1_revalidator::store::priority::request(&app.pool, &format!("u{i:02}"), t0(), None).await.unwrap();
     }
     let mut vars = app.vars.clone();
     vars.insert("IM1_BATCH_SIZE".into(), "4".into());
