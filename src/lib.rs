@@ -19,6 +19,7 @@
 //! - [`sweep`]: the runner: claim, check with bounded concurrency, write back; and the
 //!   cron loop for `run`.
 //! - [`admin`]: health, readiness and metrics on the admin port.
+//! - [`console`]: the operator console, a web page on its own listener (`IM1_CONSOLE_ADDR`).
 //! - [`simulator`]: simulated supplier APIs for tests, demos and RP development.
 //! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
 //!
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod defects;
 pub mod keys;

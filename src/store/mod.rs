@@ -73,6 +73,7 @@ macro_rules! standing_row {
 
 pub mod canaries;
 pub mod claims;
+pub mod console;
 pub mod credentials;
 pub mod events;
 pub mod guard;

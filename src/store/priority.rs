@@ -4,11 +4,11 @@
 //! starved; `run` also serves them between scheduled sweeps.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 /// Asks for a check of `user_id` now. Returns false when there is no such credential, or
 /// it is never checked (Microtest).
-pub async fn request(pool: &PgPool, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
+pub async fn request<'e>(db: impl PgExecutor<'e>, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
     let done = sqlx::query!(
         r#"UPDATE im1_credentials
               SET priority_requested_at = coalesce(priority_requested_at, $2)
@@ -16,7 +16,7 @@ pub async fn request(pool: &PgPool, user_id: &str, now: DateTime<Utc>) -> sqlx::
         user_id,
         now,
     )
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
