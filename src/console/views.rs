@@ -172,9 +172,13 @@ pub fn overview_live(o: &Overview) -> Markup {
             "."
         }
         div.grid {
-            @for (name, s) in &o.report.suppliers {
+            // The checked suppliers first; Microtest (never checked) last.
+            @for (name, s) in o.report.suppliers.iter().filter(|(n, _)| n.as_str() != "microtest") {
                 (supplier_card(name, s, o))
             }
+        }
+        @if let Some(m) = o.report.suppliers.get("microtest") {
+            p.meta { "Microtest: " (m.statuses.get("unsupported").copied().unwrap_or(0)) " stored, never checked (Microtest has no usable token)." }
         }
         h2 { "Live processes" }
         @if o.report.processes.is_empty() {
@@ -209,9 +213,7 @@ fn supplier_card(name: &str, s: &SupplierStatus, o: &Overview) -> Markup {
     html! {
         section class=(if holding || open { "card alert" } else { "card" }) data-supplier=(name) {
             h2 { (name) @if !s.configured && name != "microtest" { " " (badge("muted", "not configured here")) } }
-            @if name == "microtest" {
-                p.meta { "Microtest tokens are never checked (" (s.statuses.get("unsupported").copied().unwrap_or(0)) " stored)." }
-            } @else {
+            {
                 dl {
                     dt { "Supplier calls per minute" } dd { (format!("{per_minute:.1}")) }
                     dt { "Circuit breaker" }
@@ -234,6 +236,7 @@ fn supplier_card(name: &str, s: &SupplierStatus, o: &Overview) -> Markup {
                     dd {
                         @for (status, n) in &s.statuses { @if *n > 0 { span.count { (status) " " strong { (n) } } " " } }
                         @if s.refresh_required > 0 { span.count { "refresh required " strong { (s.refresh_required) } } }
+                        @if s.statuses.values().all(|n| *n == 0) { "none stored" }
                     }
                     dt { "Canaries" }
                     dd {
