@@ -360,3 +360,154 @@ async fn the_console_in_a_real_browser(pool: PgPool) {
         assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked into run's output");
     }
 }
+
+/// Serves the console in this process (real HTTP on loopback) with `extra` console
+/// settings; returns its base URL.
+async fn serve_console(pool: &PgPool, extra: &[(&str, &str)]) -> String {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ("IM1_CONSOLE_ADDR", "127.0.0.1:0"),
+        ("IM1_SCHEDULE", "off"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = im1_revalidator::config::Settings::from_vars(&vars).expect("valid console settings");
+    let console = settings.console.clone().unwrap();
+    let listener = im1_revalidator::console::bind(&console).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = im1_revalidator::console::ConsoleState::new(
+        pool.clone(),
+        &settings,
+        console,
+        im1_revalidator::clock::system(),
+    );
+    tokio::spawn(im1_revalidator::console::serve(listener, state, im1_revalidator::shutdown::Shutdown::never()));
+    base
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The `name=value` of a response's `Set-Cookie` named `name`, and the whole header.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        let pair = v.split(';').next()?.trim();
+        pair.starts_with(&format!("{name}=")).then(|| (pair.to_owned(), v.to_owned()))
+    })
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn failed_sign_ins_are_rate_limited_and_the_cookie_is_strict(pool: PgPool) {
+    let hash = im1_revalidator::console::auth::hash_password(PASSWORD).unwrap();
+    let users = format!("ops:operator:{hash}");
+    let base = serve_console(&pool, &[("IM1_CONSOLE_USERS", &users), ("IM1_CONSOLE_SECURE_COOKIE", "true")]).await;
+    let http = no_redirects();
+    let attempt = |password: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let page = http.get(format!("{base}/login")).send().await.unwrap();
+            let (cookie, _) = set_cookie(&page, "im1_console_login").expect("a sign-in form cookie");
+            let csrf = cookie.split_once('=').unwrap().1.to_owned();
+            http.post(format!("{base}/login"))
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("csrf={csrf}&name=ops&password={}", password.replace(' ', "+")))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A form without its CSRF token is refused before any password is checked.
+    let forged = http
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=ops&password=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
+    let ok = attempt(PASSWORD).await;
+    assert_eq!(ok.status(), 303);
+    let (_, header) = set_cookie(&ok, "im1_console").expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(header.contains(flag), "{flag} missing from {header}");
+    }
+    // Four more attempts fit in the per-user allowance of five a minute; the next is
+    // refused without checking the password, even the right one.
+    for _ in 0..4 {
+        assert_eq!(attempt("wrong password").await.status(), 401);
+    }
+    let limited = attempt(PASSWORD).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.text().await.unwrap().contains("Too many sign-in attempts"));
+}
+
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_trusted_header_names_the_user_and_its_role_and_forms_still_need_their_token(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.emis_user("u1", &[]).await;
+    let base = serve_console(
+        &pool,
+        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
+    )
+    .await;
+    let http = no_redirects();
+    let get = |user: Option<&'static str>, path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let mut r = http.get(format!("{base}{path}"));
+            if let Some(user) = user {
+                r = r.header("x-auth-request-user", user);
+            }
+            r.send().await.unwrap()
+        }
+    };
+    assert_eq!(get(None, "/overview").await.status(), 303, "no header, no session: sign in");
+    let page = get(Some("bob"), "/credentials?user=u1").await.text().await.unwrap();
+    assert!(page.contains(r#"data-role="viewer""#) && !page.contains("/credentials/recheck"), "bob is a viewer");
+    let page = get(Some("alice"), "/credentials?user=u1").await.text().await.unwrap();
+    assert!(page.contains(r#"data-role="operator""#) && page.contains("/credentials/recheck"), "alice acts");
+    assert!(!page.contains("Sign out"), "a proxy's user signs out at the proxy");
+    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+
+    let post = |user: &'static str, body: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/credentials/recheck"))
+                .header("x-auth-request-user", user)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credential_events WHERE kind = 'operator'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // Without the token, with bob's role, or with alice's token under bob's name: refused.
+    assert_eq!(post("alice", "user=u1".into()).await.status(), 403);
+    assert_eq!(post("bob", format!("csrf={csrf}&user=u1")).await.status(), 403);
+    assert_eq!(events().await, 0);
+    // The new row is due at once; make it not due, so a recheck has something to do.
+    sqlx::query("UPDATE im1_credentials SET next_check_at = now() + interval '1 day'").execute(&pool).await.unwrap();
+    let done = post("alice", format!("csrf={csrf}&user=u1")).await;
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Made due now"));
+    // Submitted twice: the second finds it due already and writes nothing.
+    let again = post("alice", format!("csrf={csrf}&user=u1")).await.text().await.unwrap();
+    assert!(again.contains("Already due"), "{again}");
+    let by: Vec<String> =
+        sqlx::query_scalar("SELECT evidence->>'by' FROM im1_credential_events WHERE kind = 'operator'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(by, ["console:alice"]);
+}
