@@ -143,7 +143,10 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?;
         let console = Kill(child);
         wait_for_port(console_port).await?;
-        println!("console: run serving it on port {console_port}; overview refreshed every {} ms (0: not open)", o.refresh_ms);
+        println!(
+            "console: run serving it on port {console_port}; overview refreshed every {} ms (0: not open)",
+            o.refresh_ms
+        );
         Some(console)
     } else {
         None

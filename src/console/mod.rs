@@ -740,6 +740,16 @@ pub async fn bind(console: &ConsoleSettings) -> anyhow::Result<Listener> {
     Ok(Listener { tcp, tls })
 }
 
+/// Reads and checks the console's TLS certificate and key, if any (`check-config`).
+pub fn check_tls(console: &ConsoleSettings) -> Result<(), String> {
+    match &console.tls {
+        Some((cert, key)) => crate::simulator::tls::server_config_from_files(cert, key, None)
+            .map(|_| ())
+            .map_err(|e| format!("IM1_CONSOLE_TLS_CERT/IM1_CONSOLE_TLS_KEY: {e}")),
+        None => Ok(()),
+    }
+}
+
 pub struct Listener {
     tcp: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,

@@ -377,12 +377,8 @@ async fn serve_console(pool: &PgPool, extra: &[(&str, &str)]) -> String {
     let console = settings.console.clone().unwrap();
     let listener = im1_revalidator::console::bind(&console).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = im1_revalidator::console::ConsoleState::new(
-        pool.clone(),
-        &settings,
-        console,
-        im1_revalidator::clock::system(),
-    );
+    let state =
+        im1_revalidator::console::ConsoleState::new(pool.clone(), &settings, console, im1_revalidator::clock::system());
     tokio::spawn(im1_revalidator::console::serve(listener, state, im1_revalidator::shutdown::Shutdown::never()));
     base
 }
