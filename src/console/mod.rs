@@ -157,11 +157,12 @@ impl FromRequestParts<ConsoleState> for Principal {
     }
 }
 
-/// A form's CSRF token must be the principal's, then the principal must be an operator.
-fn authorize(who: &Principal, csrf: &str) -> Result<(), Response> {
+/// A form's CSRF token must be the principal's, then the principal must be an operator:
+/// the refusal page when either is not so.
+fn refuse(who: &Principal, csrf: &str) -> Option<Response> {
     if csrf.is_empty() || !auth::same(csrf, &who.csrf) {
         tracing::warn!(user = %who.name, "console: form refused: missing or wrong CSRF token");
-        return Err(refusal(
+        return Some(refusal(
             StatusCode::FORBIDDEN,
             Some(who),
             "This form was not sent by this console (missing or wrong CSRF token); nothing was done.",
@@ -169,13 +170,13 @@ fn authorize(who: &Principal, csrf: &str) -> Result<(), Response> {
     }
     if !who.may_act() {
         tracing::warn!(user = %who.name, "console: action refused: viewer role");
-        return Err(refusal(
+        return Some(refusal(
             StatusCode::FORBIDDEN,
             Some(who),
             "Your role (viewer) may read but not act; nothing was done.",
         ));
     }
-    Ok(())
+    None
 }
 
 // ---- sign-in ----
@@ -436,7 +437,7 @@ async fn held_discard(State(state): State<ConsoleState>, who: Principal, Form(f)
 }
 
 async fn resolve(state: ConsoleState, who: Principal, f: ResolveForm, action: &'static str) -> Response {
-    if let Err(refused) = authorize(&who, &f.csrf) {
+    if let Some(refused) = refuse(&who, &f.csrf) {
         return refused;
     }
     let (Some(supplier), Ok(ods)) = (checkable(&f.supplier), ods(&f.ods)) else {
@@ -527,7 +528,7 @@ struct UserForm {
 }
 
 async fn check_now(State(state): State<ConsoleState>, who: Principal, Form(f): Form<UserForm>) -> Response {
-    if let Err(refused) = authorize(&who, &f.csrf) {
+    if let Some(refused) = refuse(&who, &f.csrf) {
         return refused;
     }
     let now = state.clock.now();
@@ -555,7 +556,7 @@ async fn check_now(State(state): State<ConsoleState>, who: Principal, Form(f): F
 }
 
 async fn recheck(State(state): State<ConsoleState>, who: Principal, Form(f): Form<UserForm>) -> Response {
-    if let Err(refused) = authorize(&who, &f.csrf) {
+    if let Some(refused) = refuse(&who, &f.csrf) {
         return refused;
     }
     let now = state.clock.now();
@@ -601,7 +602,7 @@ async fn canaries(State(state): State<ConsoleState>, who: Principal) -> Response
 }
 
 async fn canary_add(State(state): State<ConsoleState>, who: Principal, Form(f): Form<UserForm>) -> Response {
-    if let Err(refused) = authorize(&who, &f.csrf) {
+    if let Some(refused) = refuse(&who, &f.csrf) {
         return refused;
     }
     let user = f.user.trim();
@@ -640,7 +641,7 @@ async fn canary_add(State(state): State<ConsoleState>, who: Principal, Form(f): 
 }
 
 async fn canary_remove(State(state): State<ConsoleState>, who: Principal, Form(f): Form<UserForm>) -> Response {
-    if let Err(refused) = authorize(&who, &f.csrf) {
+    if let Some(refused) = refuse(&who, &f.csrf) {
         return refused;
     }
     let now = state.clock.now();

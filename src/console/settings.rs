@@ -155,10 +155,10 @@ pub fn parse(vars: &HashMap<String, String>) -> Result<Option<ConsoleSettings>, 
         },
     };
     let Some(addr) = addr else {
-        if problems.is_empty() {
-            if let Some(other) = VARIABLES[1..].iter().find(|v| text(vars, v).is_some()) {
-                problems.push(format!("{other}: is set but IM1_CONSOLE_ADDR is not (the console is off)"));
-            }
+        if problems.is_empty()
+            && let Some(other) = VARIABLES[1..].iter().find(|v| text(vars, v).is_some())
+        {
+            problems.push(format!("{other}: is set but IM1_CONSOLE_ADDR is not (the console is off)"));
         }
         return if problems.is_empty() { Ok(None) } else { Err(problems) };
     };
