@@ -53,6 +53,9 @@ pub struct ConsoleState {
     pub auth: Arc<Auth>,
     pub clock: SharedClock,
     pub rules: Rules,
+    /// The overview's live section as last rendered, and when: however many overviews are
+    /// open, the database is read for it at most once a second.
+    live: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 impl ConsoleState {
@@ -67,6 +70,7 @@ impl ConsoleState {
             auth: Arc::new(Auth::new(&console)),
             console: Arc::new(console),
             clock,
+            live: Default::default(),
         }
     }
 }
@@ -299,13 +303,30 @@ async fn read_overview(state: &ConsoleState) -> Result<views::Overview, sqlx::Er
     Ok(views::Overview { report, minutes, canaries, next_sweep, schedule, now })
 }
 
+/// How long a rendered live section is served again before the database is read anew.
+const LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The live section's HTML, from the cache when it is fresh. The lock is held while
+/// reading, so concurrent refreshes wait for one read instead of each making their own.
+async fn live_html(state: &ConsoleState) -> Result<String, sqlx::Error> {
+    let mut cache = state.live.lock().await;
+    if let Some((at, html)) = cache.as_ref()
+        && at.elapsed() < LIVE_FOR
+    {
+        return Ok(html.clone());
+    }
+    let html = views::overview_live(&read_overview(state).await?).into_string();
+    *cache = Some((std::time::Instant::now(), html.clone()));
+    Ok(html)
+}
+
 async fn overview(State(state): State<ConsoleState>, who: Principal) -> Response {
-    match read_overview(&state).await {
-        Ok(o) => {
+    match live_html(&state).await {
+        Ok(live) => {
             let secs = state.console.refresh.as_secs().max(1);
             html(
                 StatusCode::OK,
-                views::page("Overview", Some(&who), Nav::Overview, Some(secs), views::overview(&o, secs)),
+                views::page("Overview", Some(&who), Nav::Overview, Some(secs), views::overview(&live, secs)),
             )
         }
         Err(e) => db_error(&who, e),
@@ -318,8 +339,8 @@ async fn overview_live(State(state): State<ConsoleState>, headers: HeaderMap) ->
     let Some(who) = state.auth.principal(&headers) else {
         return (StatusCode::UNAUTHORIZED, "signed out").into_response();
     };
-    match read_overview(&state).await {
-        Ok(o) => html(StatusCode::OK, views::overview_live(&o)),
+    match live_html(&state).await {
+        Ok(live) => (StatusCode::OK, Html(live)).into_response(),
         Err(e) => db_error(&who, e),
     }
 }

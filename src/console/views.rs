@@ -3,7 +3,7 @@
 //! is ever in that data: the store's console queries do not select them.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
 use super::auth::Principal;
@@ -267,9 +267,11 @@ fn supplier_card(name: &str, s: &SupplierStatus, o: &Overview) -> Markup {
     }
 }
 
-pub fn overview(o: &Overview, refresh_secs: u64) -> Markup {
+/// The overview page's body around its live section (already rendered, see
+/// [`overview_live`]).
+pub fn overview(live: &str, refresh_secs: u64) -> Markup {
     html! {
-        div #live data-src="/overview/live" data-refresh=(refresh_secs) { (overview_live(o)) }
+        div #live data-src="/overview/live" data-refresh=(refresh_secs) { (PreEscaped(live)) }
     }
 }
 
@@ -308,13 +310,13 @@ pub fn held(suppliers: &[HeldSupplier], who: &Principal) -> Markup {
                 @if let Some(ev) = &s.state.evidence { p.meta { "Tripped by: " code { (ev.to_string()) } } }
                 @if !s.by_practice.is_empty() {
                     table {
-                        thead { tr { th { "practice (ODS code)" } th.num { "held" } th { "" } } }
+                        thead { tr { th { "practice (ODS code)" } th.num { "held" } @if who.may_act() { th { "" } } } }
                         tbody {
                             @for (ods, n) in &s.by_practice {
                                 tr data-ods=(ods) {
                                     td { (ods) } td.num { (n) }
-                                    td.actions {
-                                        @if who.may_act() {
+                                    @if who.may_act() {
+                                        td.row-actions {
                                             a.button href={"/held/confirm?action=release&supplier=" (enc(name)) "&ods=" (enc(ods))} { "Release…" }
                                             " "
                                             a.button.secondary href={"/held/confirm?action=discard&supplier=" (enc(name)) "&ods=" (enc(ods))} { "Discard…" }
