@@ -81,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let o = options();
+    // reqwest (the console reader's client) is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let admin: PgConnectOptions = server.parse()?;
     let db = format!("im1_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
