@@ -11,7 +11,12 @@
 //! answer, default 0; the mean with `--latency-spread-ms SD`, log-normal), `--tail-share F`
 //! and `--tail-ms MS` (that share of answers takes that long), `--concurrency C` (default 64), `--sweeps K` (default 1), `--batch B` (IM1_BATCH_SIZE),
 //! `--explain` (print EXPLAIN ANALYZE of the claim query), `--keep`, `--import-only` (stop
-//! after the import).
+//! after the import),
+//! `--console` (also start `run` with the operator console on the bench database, as a
+//! deployment serving it would, and no schedule of its own), `--refresh-ms MS` (with
+//! `--console`: fetch the overview's live section every MS milliseconds during the sweeps,
+//! as an open overview does, and report how long each fetch took; 0, the default, leaves
+//! the page closed).
 //! Needs a PostgreSQL server: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres.
 
 use std::process::{Child, Command, Stdio};
@@ -42,6 +47,8 @@ struct Options {
     vision: u64,
     /// Export traces to an in-process OTLP sink, sampling each check with this probability.
     trace_ratio: Option<f64>,
+    console: bool,
+    refresh_ms: u64,
 }
 
 fn options() -> Options {
@@ -61,6 +68,8 @@ fn options() -> Options {
         nhs: false,
         vision: 0,
         trace_ratio: None,
+        console: false,
+        refresh_ms: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -88,6 +97,8 @@ fn options() -> Options {
                 Some("nhs") => o.nhs = true,
                 other => panic!("unknown profile {other:?} (known: nhs)"),
             },
+            "--console" => o.console = true,
+            "--refresh-ms" => o.refresh_ms = value(),
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -176,6 +187,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let o = options();
+    // reqwest (the console reader's client) is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut bench = Bench::create().await?;
     if let Some(ratio) = o.trace_ratio {
         bench.trace_ratio = Some(ratio);
@@ -214,6 +227,64 @@ async fn main() -> anyhow::Result<()> {
         supplier: None,
         batch: o.batch,
     };
+    // The console: `run` with IM1_SCHEDULE=off, signed in through a trusted header, and a
+    // reader fetching the overview's live section every `refresh_ms`.
+    let console_port = free_port()?;
+    let _console = if o.console {
+        let child = Command::new(BIN)
+            .arg("run")
+            .env("DATABASE_URL", &bench.url)
+            .env("IM1_ENCRYPTION_KEYS", KEY)
+            // No sweeps of its own (IM1_SCHEDULE=off): its supplier URL is never called.
+            .env("IM1_EMIS_URL", format!("http://127.0.0.1:{}/emis", free_port()?))
+            .env("IM1_EMIS_APPLICATION_ID", "bench")
+            .env("IM1_EMIS_RATE", "100000")
+            .env("IM1_EMIS_BURST", "100000")
+            .env("IM1_EMIS_MAX_IN_FLIGHT", "10000")
+            .env("IM1_SCHEDULE", "off")
+            .env("IM1_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()?))
+            .env("IM1_CONSOLE_ADDR", format!("127.0.0.1:{console_port}"))
+            .env("IM1_CONSOLE_TRUSTED_HEADER", "x-bench-user")
+            .env("IM1_CONSOLE_REFRESH", "1s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let console = Kill(child);
+        wait_for_port(console_port).await?;
+        println!(
+            "console: run serving it on port {console_port}; overview refreshed every {} ms (0: not open)",
+            o.refresh_ms
+        );
+        Some(console)
+    } else {
+        None
+    };
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(o.console && o.refresh_ms > 0));
+    let reader = tokio::spawn({
+        let reading = reading.clone();
+        let every = Duration::from_millis(o.refresh_ms.max(1));
+        async move {
+            let client = reqwest::Client::new();
+            let mut took = Vec::new();
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let answer = client
+                    .get(format!("http://127.0.0.1:{console_port}/overview/live"))
+                    .header("x-bench-user", "bench")
+                    .send()
+                    .await;
+                if let Ok(r) = answer
+                    && r.status().is_success()
+                    && r.text().await.is_ok_and(|t| t.contains("data-breaker"))
+                {
+                    took.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+            }
+            took
+        }
+    });
+
     for n in 1..=o.sweeps {
         let m = run_stage(&bench, &stage).await?;
         println!(
@@ -230,6 +301,18 @@ async fn main() -> anyhow::Result<()> {
         if n < o.sweeps {
             make_all_due(&bench.pool).await?;
         }
+    }
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut took = reader.await?;
+    if !took.is_empty() {
+        took.sort_by(f64::total_cmp);
+        println!(
+            "console: {} overview refreshes during the sweeps, median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            took.len(),
+            took[took.len() / 2],
+            took[(took.len() * 95 / 100).min(took.len() - 1)],
+            took[took.len() - 1]
+        );
     }
     bench.finish(o.keep).await
 }

@@ -96,10 +96,18 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "IM1_RETRY_MAX_DELAY",
     "IM1_SHUTDOWN_GRACE",
     "IM1_EVENT_RETENTION",
+    "IM1_CONSOLE_ADDR",
+    "IM1_CONSOLE_USERS",
+    "IM1_CONSOLE_TRUSTED_HEADER",
+    "IM1_CONSOLE_TRUSTED_OPERATORS",
+    "IM1_CONSOLE_TLS_CERT",
+    "IM1_CONSOLE_TLS_KEY",
+    "IM1_CONSOLE_SECURE_COOKIE",
+    "IM1_CONSOLE_REFRESH",
 ];
 
 /// Variables whose values are never echoed in a message.
-pub const SECRET_VARIABLES: &[&str] = &["DATABASE_URL", "IM1_ENCRYPTION_KEYS", "IM1_API_TOKENS"];
+pub const SECRET_VARIABLES: &[&str] = &["DATABASE_URL", "IM1_ENCRYPTION_KEYS", "IM1_API_TOKENS", "IM1_CONSOLE_USERS"];
 
 /// The sweep schedule when `IM1_SCHEDULE` is unset.
 pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
@@ -183,6 +191,9 @@ pub struct Settings {
     pub vision_signing_cert: Option<PathBuf>,
     pub vision_signing_key: Option<PathBuf>,
     pub event_retention: Duration,
+    /// The operator console (`IM1_CONSOLE_*`, validated in `console::settings`); `None`
+    /// when `IM1_CONSOLE_ADDR` is unset.
+    pub console: Option<crate::console::settings::ConsoleSettings>,
 }
 
 /// One enabled supplier's connection settings.
@@ -385,6 +396,10 @@ impl Settings {
             ("IM1_VISION_SIGNING_KEY", vision_signing_key.is_some()),
         );
         let event_retention = r.duration("IM1_EVENT_RETENTION", secs(400 * 86_400), Floor::AboveZero);
+        let console = crate::console::settings::parse(vars).unwrap_or_else(|problems| {
+            r.problems.extend(problems);
+            None
+        });
 
         if !r.problems.is_empty() {
             return Err(ConfigError { problems: r.problems });
@@ -424,6 +439,7 @@ impl Settings {
             vision_signing_cert,
             vision_signing_key,
             event_retention,
+            console,
         })
     }
 
@@ -1108,6 +1124,18 @@ mod tests {
             ("IM1_EMIS_APPLICATION_ID", "app-1".into()),
             ("IM1_TPP_PROVIDER_ID", "prov-2".into()),
             ("IM1_VISION_PROVIDER_ID", "prov-3".into()),
+            ("IM1_CONSOLE_ADDR", "127.0.0.1:9188".into()),
+            (
+                "IM1_CONSOLE_USERS",
+                "ops:operator:$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$O3QpPZ0RB7lXLsUZ5ZHH0Cj8BaE4W/PkoLRDNtX0IYk"
+                    .into(),
+            ),
+            ("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User".into()),
+            ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice,bob".into()),
+            ("IM1_CONSOLE_TLS_CERT", "/tls/console.crt".into()),
+            ("IM1_CONSOLE_TLS_KEY", "/tls/console.key".into()),
+            ("IM1_CONSOLE_SECURE_COOKIE", "true".into()),
+            ("IM1_CONSOLE_REFRESH", "2s".into()),
         ];
         for (name, value) in [
             ("URL", "https://example.test/api/"),
@@ -1169,6 +1197,11 @@ mod tests {
         assert_eq!(s.vision_signing_cert, Some(PathBuf::from("/tls/sign.crt")));
         assert_eq!(s.vision_signing_key, Some(PathBuf::from("/tls/sign.key")));
         assert_eq!(s.event_retention, secs(90 * 86_400));
+        let console = s.console.as_ref().expect("console configured");
+        assert_eq!(console.addr, "127.0.0.1:9188".parse().unwrap());
+        assert_eq!((console.users.len(), console.trusted_operators.len()), (1, 2));
+        assert!(console.secure_cookie && console.tls.is_some());
+        assert_eq!(console.refresh, secs(2));
         let ids: Vec<&str> = s.enabled_suppliers().map(|x| x.id.as_str()).collect();
         assert_eq!(ids, ["app-1", "prov-2", "prov-3"]);
         let tpp = s.supplier(Supplier::Tpp).unwrap();

@@ -20,6 +20,8 @@
 //!   cron loop for `run`.
 //! - [`admin`]: health, readiness, metrics and the RP API on the admin port, served within
 //!   bounds (connection cap, header and request timeouts: [`admin::server`]).
+//! - [`admin`]: health, readiness and metrics on the admin port.
+//! - [`console`]: the operator console, a web page on its own listener (`IM1_CONSOLE_ADDR`).
 //! - [`simulator`]: simulated supplier APIs for tests, demos and RP development.
 //! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
 //! - [`telemetry`]: JSON logs, and OpenTelemetry traces (OTLP/HTTP) when `OTEL_*` asks:
@@ -31,6 +33,7 @@ pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod defects;
 pub mod keys;

@@ -8,12 +8,26 @@ use crate::model::Supplier;
 pub async fn run(settings: Settings) -> Result<(), CliError> {
     // TLS files are read and checked here, as every command that checks tokens does.
     super::adapters(&settings)?;
+    // So are the console's certificate and key.
+    if let Some(console) = &settings.console {
+        crate::console::check_tls(console)
+            .map_err(|problem| CliError::Config(crate::config::ConfigError { problems: vec![problem] }))?;
+    }
     let configured: Vec<&str> =
         Supplier::CHECKABLE.iter().filter(|s| settings.supplier(**s).is_some()).map(|s| s.as_str()).collect();
     println!(
         "configuration is valid; suppliers configured: {}",
         if configured.is_empty() { "none".to_owned() } else { configured.join(", ") }
     );
+    if let Some(console) = &settings.console {
+        println!(
+            "operator console on {} ({}; {} password user(s){})",
+            console.addr,
+            if console.tls.is_some() { "HTTPS" } else { "plain HTTP" },
+            console.users.len(),
+            if console.trusted_header.is_some() { ", trusted header" } else { "" }
+        );
+    }
     if settings.database_url.is_none() {
         println!("DATABASE_URL not set: key ids in use were not checked");
         return Ok(());

@@ -3,6 +3,7 @@
 
 mod canary;
 mod check_config;
+mod console;
 mod demo;
 mod guard;
 pub mod import;
@@ -12,7 +13,7 @@ mod progress;
 mod recheck;
 mod run;
 mod simulate;
-mod status;
+pub(crate) mod status;
 mod sweep;
 
 use std::collections::HashMap;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Encryption keys: tokens per key id; re-encrypt them all under the primary key.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The operator console: make a password hash for IM1_CONSOLE_USERS.
+    #[command(subcommand)]
+    Console(console::ConsoleCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::CheckConfig => check_config::run(load()?).await,
         Command::Guard(command) => guard::run(load()?, command).await,
         Command::Keys(command) => keys::run(load()?, command).await,
+        Command::Console(command) => console::run(command).await,
     }
 }
 

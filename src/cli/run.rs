@@ -34,6 +34,7 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
         crate::config::Schedule::Cron { expression, .. } => expression.as_str(),
     };
     tracing::info!(addr = %settings.admin_addr, schedule, timezone = %settings.timezone, "im1-revalidator running");
+    let pool_for_console = pool.clone();
     let router = admin::router(AdminState {
         pool,
         metrics: engine.metrics.clone(),
@@ -46,6 +47,7 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
     });
     let limits = admin::server::Limits::from_settings(&settings, engine.metrics.clone());
     let server = tokio::spawn(admin::server::serve_with(listener, router, limits, stop.clone()));
+    let console = crate::console::spawn(&settings, &pool_for_console, stop.clone()).await?;
     // Heartbeat and shared breaker/guard state for the whole life of the process: its
     // rate share is taken from start-up, and its metrics stay current between sweeps.
     engine.background_sync.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -63,6 +65,13 @@ pub async fn run(mut settings: Settings) -> Result<(), CliError> {
     let _ = sync_stop.send(());
     let _ = sync.await;
     engine.safety.deregister().await;
+    if let Some(console) = console {
+        match console.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "console server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "console server task failed"),
+        }
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),

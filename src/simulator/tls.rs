@@ -127,6 +127,17 @@ pub async fn serve_tls(
         .await
 }
 
+/// Serves any router over TLS (the operator console's HTTPS uses this too).
+pub async fn serve_router_tls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = TlsListener { tcp: listener, acceptor: TlsAcceptor::from(config) };
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
 impl Simulator {
     /// Like [`Simulator::spawn`], over TLS. The handle's URLs still say `http://`; use
     /// [`RunningSimulator::https_url`] for the TLS base URL.

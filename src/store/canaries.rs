@@ -12,7 +12,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::model::Supplier;
 
@@ -95,7 +95,12 @@ fn check_note(note: &str) -> Result<(), AddError> {
 /// The credential must exist and be checkable: a Microtest one is refused, since it is
 /// never probed and could not vouch for its supplier. A credential erased at the same
 /// moment reads as unknown (the foreign key refuses the mark).
-pub async fn add(pool: &PgPool, user_id: &str, note: Option<&str>, now: DateTime<Utc>) -> Result<bool, AddError> {
+pub async fn add<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: &str,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool, AddError> {
     if let Some(note) = note {
         check_note(note)?;
     }
@@ -120,7 +125,7 @@ pub async fn add(pool: &PgPool, user_id: &str, note: Option<&str>, now: DateTime
         note,
         note.is_some(),
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await;
     let row = match row {
         Ok(row) => row,
@@ -138,8 +143,8 @@ pub async fn add(pool: &PgPool, user_id: &str, note: Option<&str>, now: DateTime
 
 /// Unmarks `user_id`. Returns whether it was a canary; removing a non-canary is not an
 /// error (like erasure, it is idempotent). The credential itself is untouched.
-pub async fn remove(pool: &PgPool, user_id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query!("DELETE FROM im1_canaries WHERE user_id = $1", user_id).execute(pool).await?;
+pub async fn remove<'e>(db: impl PgExecutor<'e>, user_id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query!("DELETE FROM im1_canaries WHERE user_id = $1", user_id).execute(db).await?;
     Ok(done.rows_affected() > 0)
 }
 

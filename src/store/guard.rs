@@ -150,8 +150,51 @@ pub async fn release(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> sqlx::Result<Resolved> {
+    release_as(pool, supplier, ods_code, now, rules, None).await
+}
+
+/// [`release`], naming who released in each event's evidence (`"by"`): the console
+/// passes its signed-in user.
+pub async fn release_as(
+    pool: &PgPool,
+    supplier: Supplier,
+    ods_code: Option<&str>,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    by: Option<&str>,
+) -> sqlx::Result<Resolved> {
     let mut tx = pool.begin().await?;
-    let was_holding = lock_state(&mut tx, supplier).await?;
+    let resolved = release_in(&mut tx, supplier, ods_code, now, rules, by).await?;
+    tx.commit().await?;
+    Ok(resolved)
+}
+
+/// What [`release`] would do now, without doing it: the same code in a transaction that
+/// is rolled back (so no event, no NOTIFY, no change). The console's confirmation shows
+/// these counts, `newly_flagged` first. The two-strike decision does not depend on the
+/// schedule's jitter, so the counts are exact as of this moment.
+pub async fn preview_release(
+    pool: &PgPool,
+    supplier: Supplier,
+    ods_code: Option<&str>,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> sqlx::Result<Resolved> {
+    let mut tx = pool.begin().await?;
+    let resolved = release_in(&mut tx, supplier, ods_code, now, rules, None).await?;
+    tx.rollback().await?;
+    Ok(resolved)
+}
+
+async fn release_in(
+    tx: &mut Transaction<'static, Postgres>,
+    supplier: Supplier,
+    ods_code: Option<&str>,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    by: Option<&str>,
+) -> sqlx::Result<Resolved> {
+    let was_holding = lock_state(tx, supplier).await?;
     let rows = sqlx::query!(
         r#"
         SELECT h.user_id, h.reason AS held_reason, h.evidence AS held_evidence, c.fence,
@@ -168,7 +211,7 @@ pub async fn release(
         supplier.as_str(),
         ods_code,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
 
     let mut resolved = Resolved::default();
@@ -196,14 +239,14 @@ pub async fn release(
             fence,
             from_status: standing.status,
             decision,
-            evidence: released_evidence(held_evidence),
+            evidence: released_evidence(held_evidence, by),
             held: None,
         });
     }
 
     let mut written_ids = Vec::with_capacity(verdicts.len());
     for (batch, before) in verdicts.chunks(RELEASE_BATCH).zip(flagged_before.chunks(RELEASE_BATCH)) {
-        let written = claims::write_back(&mut *tx, batch, now, WriteKind::Guard).await?;
+        let written = claims::write_back(&mut **tx, batch, now, WriteKind::Guard).await?;
         for (v, flagged_before) in batch.iter().zip(before) {
             // The rows are locked and their fences read under the lock, so none is lost;
             // if one were, it would simply not count as applied.
@@ -220,26 +263,27 @@ pub async fn release(
     // A sweep may hold a claim on a released row (its check in flight): its write-back
     // must fail the fence check rather than replace the released verdict.
     sqlx::query!(r#"UPDATE im1_credentials SET fence = fence + 1 WHERE user_id = ANY($1)"#, &written_ids)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     // Only the rows examined above: a verdict held since (by a sweep that committed
     // meanwhile) stays for the next release rather than vanish unexamined.
-    sqlx::query!(r#"DELETE FROM im1_held_verdicts WHERE user_id = ANY($1)"#, &matched).execute(&mut *tx).await?;
-    (resolved.remaining, resolved.guard_cleared) = finish(&mut tx, supplier, was_holding, now).await?;
-    tx.commit().await?;
+    sqlx::query!(r#"DELETE FROM im1_held_verdicts WHERE user_id = ANY($1)"#, &matched).execute(&mut **tx).await?;
+    (resolved.remaining, resolved.guard_cleared) = finish(tx, supplier, was_holding, now).await?;
     Ok(resolved)
 }
 
 /// The held evidence, marked as released by an operator (so the event row says why an
 /// old answer was applied now).
-fn released_evidence(held: Value) -> Value {
-    match held {
-        Value::Object(mut map) => {
-            map.insert("guard".into(), Value::from("released"));
-            Value::Object(map)
-        }
-        other => serde_json::json!({"guard": "released", "held_evidence": other}),
+fn released_evidence(held: Value, by: Option<&str>) -> Value {
+    let mut map = match held {
+        Value::Object(map) => map,
+        other => serde_json::Map::from_iter([("held_evidence".to_owned(), other)]),
+    };
+    map.insert("guard".into(), Value::from("released"));
+    if let Some(by) = by {
+        map.insert("by".into(), Value::from(by));
     }
+    Value::Object(map)
 }
 
 /// Drops `supplier`'s held verdicts (optionally only one practice's), in one transaction:
@@ -253,6 +297,17 @@ pub async fn discard(
     supplier: Supplier,
     ods_code: Option<&str>,
     now: DateTime<Utc>,
+) -> sqlx::Result<Resolved> {
+    discard_as(pool, supplier, ods_code, now, None).await
+}
+
+/// [`discard`], naming who discarded in each event's evidence (`"by"`).
+pub async fn discard_as(
+    pool: &PgPool,
+    supplier: Supplier,
+    ods_code: Option<&str>,
+    now: DateTime<Utc>,
+    by: Option<&str>,
 ) -> sqlx::Result<Resolved> {
     let mut tx = pool.begin().await?;
     let was_holding = lock_state(&mut tx, supplier).await?;
@@ -272,6 +327,8 @@ pub async fn discard(
                    NULL, c.refresh_required,
                    jsonb_build_object('guard', 'discarded', 'held_reason', d.reason,
                                       'held_evidence', d.evidence)
+                   || CASE WHEN $4::text IS NULL THEN '{}'::jsonb
+                           ELSE jsonb_build_object('by', $4::text) END
               FROM d JOIN im1_credentials c ON c.user_id = d.user_id
              ORDER BY c.user_id
             RETURNING 1
@@ -281,6 +338,7 @@ pub async fn discard(
         supplier.as_str(),
         ods_code,
         now,
+        by,
     )
     .fetch_one(&mut *tx)
     .await?;

@@ -74,6 +74,7 @@ macro_rules! standing_row {
 pub mod bulk_import;
 pub mod canaries;
 pub mod claims;
+pub mod console;
 pub mod credentials;
 pub mod events;
 pub mod guard;

@@ -4,13 +4,13 @@
 //! starved; `run` also serves them between scheduled sweeps.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 /// Asks for a check of `user_id` now. Returns false when there is no such credential, or
 /// it is never checked (Microtest). `trace_parent`: the asking request's span, which the
 /// check will link to (the first request's, while one is pending).
-pub async fn request(
-    pool: &PgPool,
+pub async fn request<'e>(
+    db: impl PgExecutor<'e>,
     user_id: &str,
     now: DateTime<Utc>,
     trace_parent: Option<&str>,
@@ -25,7 +25,7 @@ pub async fn request(
         now,
         trace_parent,
     )
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -1,7 +1,7 @@
 //! Read-side queries: counts for `status` and metrics, single rows, and `recheck`.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::model::Supplier;
 
@@ -88,7 +88,7 @@ pub struct RecheckFilter {
 }
 
 /// Makes the chosen credentials due now (an operator may undercut a Retry-After).
-pub async fn recheck(pool: &PgPool, filter: &RecheckFilter, now: DateTime<Utc>) -> sqlx::Result<u64> {
+pub async fn recheck<'e>(db: impl PgExecutor<'e>, filter: &RecheckFilter, now: DateTime<Utc>) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         r#"UPDATE im1_credentials
               SET next_check_at = $3
@@ -100,7 +100,7 @@ pub async fn recheck(pool: &PgPool, filter: &RecheckFilter, now: DateTime<Utc>) 
         filter.user_id.as_deref(),
         now,
     )
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected())
 }

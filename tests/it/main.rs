@@ -5,6 +5,7 @@
 mod api;
 mod binary;
 mod canary;
+mod console;
 mod emis_adapter;
 mod fuzz;
 mod guard;
