@@ -487,3 +487,21 @@ async fn a_token_echoed_by_vision_never_reaches_the_answer() {
     let debug = format!("{answer:?}");
     assert!(!debug.contains("0f8fad5b") && !debug.contains(API_KEY));
 }
+
+/// The request a reviewer can hold against the NHS App's Vision request model, byte for
+/// byte once the golden file's indentation between elements is taken out.
+#[test]
+fn the_envelope_matches_the_golden_request() {
+    use im1_revalidator::suppliers::vision::{ServiceHeader, configuration_envelope};
+    let golden = include_str!("../golden/vision-get-configuration.xml");
+    let golden: String = golden.lines().map(str::trim).collect();
+    let built = configuration_envelope(&ServiceHeader {
+        id: uuid::Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap(),
+        creation_time: "2026-12-01T10:00:00.734Z".parse().unwrap(),
+        national_code: "A12345",
+        rosu_account_id: "rosu-account-1",
+        api_key: "api-key-1",
+        provider_id: "rp-provider-1",
+    });
+    assert_eq!(built, golden);
+}

@@ -306,16 +306,6 @@ fn the_envelope_is_escaped_and_namespaced() {
     assert!(request.find(Some(VISION_NS), "providerId").is_none());
 }
 
-/// The request a reviewer can hold against the NHS App's Vision request model, byte for
-/// byte once the golden file's indentation between elements is taken out.
-#[test]
-fn the_envelope_matches_the_golden_request() {
-    let golden = include_str!("../../../tests/golden/vision-get-configuration.xml");
-    let golden: String = golden.lines().map(str::trim).collect();
-    let built = configuration_envelope(&header("A12345", "rosu-account-1", "api-key-1", "rp-provider-1"));
-    assert_eq!(built, golden);
-}
-
 fn decisive(answer: &Answer) -> bool {
     !matches!(answer.outcome, Outcome::Transient { .. })
 }
