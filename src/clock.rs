@@ -53,3 +53,9 @@ pub type SharedClock = Arc<dyn Clock>;
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
+
+/// A configured `std` duration as a span of clock time, saturating: a setting too long
+/// for chrono (the config caps durations at a century) never wraps into the past.
+pub fn delta(d: std::time::Duration) -> Duration {
+    Duration::from_std(d).unwrap_or(Duration::MAX)
+}

@@ -47,4 +47,5 @@ pub mod store;
 pub mod suppliers;
 pub mod sweep;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

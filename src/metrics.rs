@@ -293,8 +293,8 @@ impl Metrics {
     }
 
     /// 1 while the breaker stops or restricts calls (open or half-open), else 0.
-    pub fn set_breaker(&self, s: Supplier, breaker: crate::safety::Breaker) {
-        let open = !matches!(breaker, crate::safety::Breaker::Closed);
+    pub fn set_breaker(&self, s: Supplier, breaker: crate::model::Breaker) {
+        let open = !matches!(breaker, crate::model::Breaker::Closed);
         self.circuit_open.get_or_create(&supplier(s)).set(i64::from(open));
     }
 
@@ -444,7 +444,7 @@ mod tests {
         m.check(Supplier::Emis, LastOutcome::Valid, Duration::from_millis(3));
         m.check(Supplier::Tpp, LastOutcome::SupplierConfigError, Duration::from_millis(3));
         m.skipped(Supplier::Emis, "unknown_key_id");
-        m.set_breaker(Supplier::Emis, crate::safety::Breaker::HalfOpen);
+        m.set_breaker(Supplier::Emis, crate::model::Breaker::HalfOpen);
         m.set_guard(Supplier::Tpp, true, 7);
         m.breaker_transition(Supplier::Emis, "open");
         m.retries.get_or_create(&supplier(Supplier::Vision)).inc();

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Generates `as_str`, `Display`, `FromStr` and `ALL` for a fieldless enum whose
@@ -96,8 +97,47 @@ pub fn parse_opt<T: FromStr>(value: Option<&str>) -> Option<T> {
     value.and_then(|v| v.parse().ok())
 }
 
+/// A supplier's circuit breaker as this process sees it (the shared state lives in
+/// `im1_supplier_state`; `safety` decides its moves, `metrics` shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Closed,
+    Open { until: DateTime<Utc> },
+    HalfOpen,
+}
+
+impl Breaker {
+    /// From the stored state; an `open` row without an end is treated as half-open (the
+    /// schema forbids it; this keeps a hand-edited row from blocking calls for ever).
+    pub fn from_row(state: &str, open_until: Option<DateTime<Utc>>) -> Self {
+        match (state, open_until) {
+            ("open", Some(until)) => Breaker::Open { until },
+            ("open", None) | ("half_open", _) => Breaker::HalfOpen,
+            _ => Breaker::Closed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Breaker::Closed => "closed",
+            Breaker::Open { .. } => "open",
+            Breaker::HalfOpen => "half_open",
+        }
+    }
+
+    /// The state at `now`: an open breaker whose cool-off is over is half-open.
+    pub fn at(self, now: DateTime<Utc>) -> Self {
+        match self {
+            Breaker::Open { until } if now >= until => Breaker::HalfOpen,
+            other => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone as _;
+
     use super::*;
 
     #[test]
@@ -113,5 +153,17 @@ mod tests {
         }
         let err = "EMIS".parse::<Supplier>().unwrap_err().to_string();
         assert_eq!(err, "must be one of emis, tpp, vision, microtest");
+    }
+
+    #[test]
+    fn an_open_breaker_is_half_open_once_its_cooloff_is_over() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
+        let open = Breaker::Open { until: t };
+        assert_eq!(open.at(t - chrono::TimeDelta::milliseconds(1)), open);
+        assert_eq!(open.at(t), Breaker::HalfOpen);
+        assert_eq!(Breaker::from_row("open", Some(t)), open);
+        assert_eq!(Breaker::from_row("open", None), Breaker::HalfOpen);
+        assert_eq!(Breaker::from_row("half_open", None), Breaker::HalfOpen);
+        assert_eq!(Breaker::from_row("closed", Some(t)), Breaker::Closed);
     }
 }

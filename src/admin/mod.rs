@@ -81,7 +81,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 /// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does), the classic
 /// Prometheus text format otherwise (curl, promtool).
 async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
-    let stale_before = state.clock.now() - crate::sweep::delta(state.recheck_interval * 2);
+    let stale_before = state.clock.now() - crate::clock::delta(state.recheck_interval * 2);
     match tokio::time::timeout(Duration::from_secs(5), DatabaseSnapshot::read(&state.pool, stale_before)).await {
         Ok(Ok(snapshot)) => state.metrics.set_database_gauges(&snapshot),
         // Process metrics are still worth serving when the database is away.

@@ -196,7 +196,7 @@ async fn tour(place: Place, keep: bool, users: u32) -> anyhow::Result<()> {
     let second = sweep(&engine, "sweep 2").await?;
     print_sweep(&second);
 
-    let report = super::status::read(&pool, &settings).await.map_err(|e| anyhow!("{e}"))?;
+    let report = crate::safety::report::read(&pool, &settings).await.map_err(|e| anyhow!("{e}"))?;
     println!("\nCredentials by supplier and status:\n");
     print!("{}", indent(&super::status::render(&report, super::status::colour_stdout())));
     println!("\nWhat each kind of patient came to:\n");

@@ -191,7 +191,7 @@ async fn resolve(settings: Settings, args: ResolveArgs, action: Action) -> Resul
     let pool = super::connect(&settings).await?;
     let now = crate::clock::system().now();
     let resolved = match action {
-        Action::Release => guard::release(&pool, supplier, ods, now, &super::rules(&settings)).await?,
+        Action::Release => guard::release(&pool, supplier, ods, now, &crate::sweep::rules(&settings)).await?,
         Action::Discard => guard::discard(&pool, supplier, ods, now).await?,
     };
     let verb = match action {

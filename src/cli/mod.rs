@@ -29,7 +29,6 @@ use crate::config::{ConfigError, Settings};
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
-use crate::policy::Rules;
 use crate::suppliers::{self, Adapter};
 use crate::sweep::{Engine, Limits};
 
@@ -169,7 +168,7 @@ pub fn adapters(settings: &Settings) -> Result<HashMap<Supplier, Arc<dyn Adapter
 
 fn adapters_with(
     settings: &Settings,
-    throttles: &std::collections::BTreeMap<Supplier, Arc<crate::safety::Throttle>>,
+    throttles: &std::collections::BTreeMap<Supplier, Arc<crate::suppliers::throttle::Throttle>>,
 ) -> Result<HashMap<Supplier, Arc<dyn Adapter>>, CliError> {
     suppliers::build(settings, throttles).map_err(|problems| CliError::Config(ConfigError { problems }))
 }
@@ -203,7 +202,7 @@ pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock, command
             retries: settings.retry_attempts,
             max_delay: settings.retry_max_delay,
         },
-        rules: rules(settings),
+        rules: crate::sweep::rules(settings),
         limits: Limits {
             concurrency: settings.concurrency,
             batch_size: settings.batch_size,
@@ -216,15 +215,6 @@ pub fn engine(settings: &mut Settings, pool: PgPool, clock: SharedClock, command
         canaries: Default::default(),
         background_sync: Default::default(),
     })
-}
-
-pub fn rules(settings: &Settings) -> Rules {
-    Rules::new(
-        settings.recheck_interval,
-        settings.confirm_after,
-        settings.max_refresh_attempts,
-        settings.refresh_suppression,
-    )
 }
 
 /// Parses a supplier name given on the command line.

@@ -37,7 +37,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let sim = Simulator::new(scenario);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
-            crate::simulator::tls::server_config_from_files(cert, key, args.client_ca.as_deref())
+            crate::tls::server_config_from_files(cert, key, args.client_ca.as_deref())
                 .map_err(|e| CliError::Input(format!("simulator TLS: {e}")))?,
         ),
         _ => None,

@@ -65,7 +65,7 @@ impl ConsoleState {
         settings.keys = None;
         ConsoleState {
             pool,
-            rules: crate::cli::rules(&settings),
+            rules: crate::sweep::rules(&settings),
             settings: Arc::new(settings),
             auth: Arc::new(Auth::new(&console)),
             console: Arc::new(console),
@@ -287,10 +287,7 @@ async fn logout(
 // ---- overview ----
 
 async fn read_overview(state: &ConsoleState) -> Result<views::Overview, sqlx::Error> {
-    let report = crate::cli::status::read(&state.pool, &state.settings).await.map_err(|e| match e {
-        crate::cli::CliError::Other(e) => sqlx::Error::Protocol(format!("{e:#}")),
-        other => sqlx::Error::Protocol(other.to_string()),
-    })?;
+    let report = crate::safety::report::read(&state.pool, &state.settings).await?;
     let now = state.clock.now();
     let minutes = store::console::minutes(&state.pool, now - chrono::TimeDelta::minutes(60)).await?;
     let canaries = store::canaries::list(&state.pool, None).await?;
@@ -754,7 +751,7 @@ pub async fn bind(console: &ConsoleSettings) -> anyhow::Result<Listener> {
         .with_context(|| format!("cannot listen on IM1_CONSOLE_ADDR {}", console.addr))?;
     let tls = match &console.tls {
         Some((cert, key)) => Some(
-            crate::simulator::tls::server_config_from_files(cert, key, None)
+            crate::tls::server_config_from_files(cert, key, None)
                 .map_err(|e| anyhow::anyhow!("IM1_CONSOLE_TLS_CERT/IM1_CONSOLE_TLS_KEY: {e}"))?,
         ),
         None => None,
@@ -765,7 +762,7 @@ pub async fn bind(console: &ConsoleSettings) -> anyhow::Result<Listener> {
 /// Reads and checks the console's TLS certificate and key, if any (`check-config`).
 pub fn check_tls(console: &ConsoleSettings) -> Result<(), String> {
     match &console.tls {
-        Some((cert, key)) => crate::simulator::tls::server_config_from_files(cert, key, None)
+        Some((cert, key)) => crate::tls::server_config_from_files(cert, key, None)
             .map(|_| ())
             .map_err(|e| format!("IM1_CONSOLE_TLS_CERT/IM1_CONSOLE_TLS_KEY: {e}")),
         None => Ok(()),
@@ -792,8 +789,7 @@ pub async fn serve(
     let router = router(state);
     match listener.tls {
         Some(config) => {
-            crate::simulator::tls::serve_router_tls(listener.tcp, config, router, async move { shutdown.wait().await })
-                .await
+            crate::tls::serve_router_tls(listener.tcp, config, router, async move { shutdown.wait().await }).await
         }
         None => axum::serve(listener.tcp, router).with_graceful_shutdown(async move { shutdown.wait().await }).await,
     }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::auth::Principal;
 use super::chart;
-use crate::cli::status::{Report, SupplierStatus};
+use crate::safety::report::{Report, SupplierStatus};
 use crate::store::canaries::CanaryRow;
 use crate::store::console::{CredentialDetail, EventRow, MinuteCounts};
 use crate::store::guard::{GuardState, HeldVerdict, Resolved};

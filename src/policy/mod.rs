@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::clock::delta;
 use crate::model::{LastOutcome, Reason, Status};
 
 /// The configured rules (from `Settings`).
@@ -122,10 +123,6 @@ pub struct Decision {
     pub event: bool,
     /// A NOTIFY is due: the status or `refresh_required` changed.
     pub notify: bool,
-}
-
-fn delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 /// `base` scaled by `1 + 0.1 * jitter` (`jitter` in −1..=1): spreads rechecks so a bulk

@@ -16,9 +16,9 @@
 //! process also judges its own counts on top of the last shared sums, so a breaker opens or
 //! the guard holds the moment this process's own answers make it so.
 
+pub mod report;
 pub mod retry;
 pub mod rules;
-pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +32,12 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
+use crate::model::Breaker;
 use crate::model::Supplier;
 use crate::store::safety::{self as shared, BreakerMove, Counts, ProcessInfo, SupplierState, Windows};
+use crate::suppliers::throttle::{self, Throttle};
 use crate::suppliers::{Evidence, Outcome};
-pub use rules::{Breaker, BreakerConfig, GuardConfig};
-pub use throttle::Throttle;
+pub use rules::{BreakerConfig, GuardConfig};
 
 /// How often a process syncs while it may call suppliers.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -262,7 +263,7 @@ impl Safety {
                 Admission::Skip { why: "breaker_open", retry_after: (until - now).to_std().ok() }
             }
             Breaker::HalfOpen => match local.probe_sent {
-                Some(sent) if now < sent + crate::sweep::delta(self.config.probe_lost_after) => {
+                Some(sent) if now < sent + crate::clock::delta(self.config.probe_lost_after) => {
                     Admission::Skip { why: "breaker_half_open", retry_after: None }
                 }
                 lost => {
@@ -290,7 +291,7 @@ impl Safety {
             && transient
             && rules::breaker_trips(&self.config.breaker, &local.with_pending(&local.breaker_window))
         {
-            let until = self.clock.now() + crate::sweep::delta(self.config.breaker.cooldown);
+            let until = self.clock.now() + crate::clock::delta(self.config.breaker.cooldown);
             local.set_breaker(Breaker::Open { until });
             drop(local);
             tracing::warn!(supplier = %supplier, "circuit breaker opening: transient answers reached the threshold");
@@ -330,7 +331,7 @@ impl Safety {
         let transient = matches!(outcome, Outcome::Transient { .. });
         let evidence = serde_json::json!({ "probe": evidence });
         if transient {
-            let until = now + crate::sweep::delta(self.config.breaker.cooldown);
+            let until = now + crate::clock::delta(self.config.breaker.cooldown);
             lock(&s.local).set_breaker(Breaker::Open { until });
             tracing::warn!(supplier = %supplier, "circuit breaker probe failed: open for another cool-off");
             if !self.read_only()
@@ -366,9 +367,9 @@ impl Safety {
 
     fn windows(&self, now: DateTime<Utc>) -> Windows {
         Windows {
-            breaker_from: now - crate::sweep::delta(self.config.breaker.window),
-            guard_from: now - crate::sweep::delta(self.config.guard.window),
-            alive_after: now - crate::sweep::delta(PROCESS_TTL),
+            breaker_from: now - crate::clock::delta(self.config.breaker.window),
+            guard_from: now - crate::clock::delta(self.config.guard.window),
+            alive_after: now - crate::clock::delta(PROCESS_TTL),
         }
     }
 
@@ -428,7 +429,7 @@ impl Safety {
         if !read_only {
             match breaker {
                 Breaker::Closed if rules::breaker_trips(&self.config.breaker, &breaker_window) => {
-                    let until = now + crate::sweep::delta(self.config.breaker.cooldown);
+                    let until = now + crate::clock::delta(self.config.breaker.cooldown);
                     let evidence = rules::breaker_evidence(&breaker_window, &self.config.breaker);
                     if shared::move_breaker(
                         &self.pool,
@@ -480,7 +481,7 @@ impl Safety {
             && l.pending.transient > 0
             && rules::breaker_trips(&self.config.breaker, &l.with_pending(&breaker_window))
         {
-            l.set_breaker(Breaker::Open { until: now + crate::sweep::delta(self.config.breaker.cooldown) });
+            l.set_breaker(Breaker::Open { until: now + crate::clock::delta(self.config.breaker.cooldown) });
         }
         if !l.guard_held
             && l.pending.invalid > 0

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use crate::store::safety::Counts;
 
 /// `IM1_BREAKER_*`.
@@ -29,42 +27,6 @@ pub struct GuardConfig {
     /// The fewest token answers in the window before it may hold.
     pub min_checks: u32,
     pub window: Duration,
-}
-
-/// A supplier's breaker as this process sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Breaker {
-    Closed,
-    Open { until: DateTime<Utc> },
-    HalfOpen,
-}
-
-impl Breaker {
-    /// From the stored state; an `open` row without an end is treated as half-open (the
-    /// schema forbids it; this keeps a hand-edited row from blocking calls for ever).
-    pub fn from_row(state: &str, open_until: Option<DateTime<Utc>>) -> Self {
-        match (state, open_until) {
-            ("open", Some(until)) => Breaker::Open { until },
-            ("open", None) | ("half_open", _) => Breaker::HalfOpen,
-            _ => Breaker::Closed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Breaker::Closed => "closed",
-            Breaker::Open { .. } => "open",
-            Breaker::HalfOpen => "half_open",
-        }
-    }
-
-    /// The state at `now`: an open breaker whose cool-off is over is half-open.
-    pub fn at(self, now: DateTime<Utc>) -> Self {
-        match self {
-            Breaker::Open { until } if now >= until => Breaker::HalfOpen,
-            other => other,
-        }
-    }
 }
 
 /// Whether a closed breaker opens on `window` (calls and transient calls).
@@ -110,7 +72,6 @@ fn share(part: i64, whole: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
     fn breaker() -> BreakerConfig {
         BreakerConfig {
@@ -155,18 +116,6 @@ mod tests {
         assert!(guard_trips(&c, &answers(60, 20)));
         let all = GuardConfig { threshold: 1.0, ..c };
         assert!(!guard_trips(&all, &answers(100, 100)), "a threshold of 1 never holds");
-    }
-
-    #[test]
-    fn an_open_breaker_is_half_open_once_its_cooloff_is_over() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap();
-        let open = Breaker::Open { until: t };
-        assert_eq!(open.at(t - chrono::TimeDelta::milliseconds(1)), open);
-        assert_eq!(open.at(t), Breaker::HalfOpen);
-        assert_eq!(Breaker::from_row("open", Some(t)), open);
-        assert_eq!(Breaker::from_row("open", None), Breaker::HalfOpen);
-        assert_eq!(Breaker::from_row("half_open", None), Breaker::HalfOpen);
-        assert_eq!(Breaker::from_row("closed", Some(t)), Breaker::Closed);
     }
 
     #[test]

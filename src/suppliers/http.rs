@@ -149,7 +149,7 @@ pub struct HttpClient {
     client: reqwest::Client,
     /// This process's share of the supplier's rate and in-flight limits; every request
     /// passes it. None only in adapter tests.
-    throttle: Option<std::sync::Arc<crate::safety::Throttle>>,
+    throttle: Option<std::sync::Arc<crate::suppliers::throttle::Throttle>>,
 }
 
 impl HttpClient {
@@ -158,7 +158,7 @@ impl HttpClient {
     }
 
     /// Every request first waits for an in-flight slot and a token from `throttle`.
-    pub fn with_throttle(mut self, throttle: std::sync::Arc<crate::safety::Throttle>) -> Self {
+    pub fn with_throttle(mut self, throttle: std::sync::Arc<crate::suppliers::throttle::Throttle>) -> Self {
         self.throttle = Some(throttle);
         self
     }

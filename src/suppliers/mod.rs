@@ -6,6 +6,7 @@
 
 pub mod emis;
 pub mod http;
+pub mod throttle;
 pub mod tls;
 pub mod tpp;
 pub mod vision;
@@ -169,7 +170,7 @@ pub trait Adapter: Send + Sync {
 /// Every request passes the supplier's throttle from `throttles` (when it has one).
 pub fn build(
     settings: &crate::config::Settings,
-    throttles: &std::collections::BTreeMap<Supplier, std::sync::Arc<crate::safety::Throttle>>,
+    throttles: &std::collections::BTreeMap<Supplier, std::sync::Arc<crate::suppliers::throttle::Throttle>>,
 ) -> Result<std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>>, Vec<String>> {
     let mut adapters: std::collections::HashMap<Supplier, std::sync::Arc<dyn Adapter>> =
         std::collections::HashMap::new();

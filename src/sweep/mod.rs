@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, delta};
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::model::Supplier;
@@ -590,6 +590,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+/// The verdict rules the settings ask for (`IM1_RECHECK_INTERVAL`, `IM1_CONFIRM_AFTER`,
+/// `IM1_MAX_REFRESH_ATTEMPTS`, `IM1_REFRESH_SUPPRESSION`), for the sweep and for every
+/// action outside it that judges a credential (release, the API, the console).
+pub fn rules(settings: &crate::config::Settings) -> Rules {
+    Rules::new(
+        settings.recheck_interval,
+        settings.confirm_after,
+        settings.max_refresh_attempts,
+        settings.refresh_suppression,
+    )
 }

@@ -53,7 +53,7 @@ pub async fn prune_events(engine: &Engine, retention: Duration) {
     if let Err(e) = crate::store::events::ensure_months(&engine.pool, now).await {
         tracing::warn!(error = %e, "could not create the coming months' event partitions");
     }
-    let before = now - super::delta(retention);
+    let before = now - crate::clock::delta(retention);
     match crate::store::events::prune(&engine.pool, before).await {
         Ok(pruned) if pruned.total() == 0 => {}
         Ok(pruned) => tracing::info!(
@@ -67,7 +67,7 @@ pub async fn prune_events(engine: &Engine, retention: Duration) {
     // Window counts and dead processes' heartbeat rows outlive every window by an hour.
     let config = engine.safety.config();
     let longest = config.breaker.window.max(config.guard.window) + Duration::from_secs(3600);
-    let before = engine.clock.now() - super::delta(longest);
+    let before = engine.clock.now() - crate::clock::delta(longest);
     if let Err(e) = crate::store::safety::prune(&engine.pool, before).await {
         tracing::warn!(error = %e, "could not prune old breaker and guard counts");
     }

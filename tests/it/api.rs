@@ -44,7 +44,7 @@ impl Api {
             recheck_interval: settings.recheck_interval,
             api_tokens: tokens.iter().map(|t| SecretString::from(*t)).collect::<Vec<_>>().into(),
             keys: Arc::new(settings.keys.clone().expect("keys configured")),
-            rules: im1_revalidator::cli::rules(&settings),
+            rules: im1_revalidator::sweep::rules(&settings),
         };
         let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -44,7 +44,7 @@ async fn claim_due(app: &TestApp) -> Vec<Claimed> {
 }
 
 fn rules(app: &TestApp) -> policy::Rules {
-    im1_revalidator::cli::rules(&app.settings())
+    im1_revalidator::sweep::rules(&app.settings())
 }
 
 /// The verdict a sweep writes for `claimed` after `observation`, now.

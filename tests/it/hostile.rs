@@ -298,7 +298,9 @@ async fn serve_paused(limits: server::Limits) -> u16 {
         recheck_interval: Duration::from_secs(86_400),
         api_tokens: vec![SecretString::from(API_TOKEN)].into(),
         keys: Arc::new(im1_revalidator::crypto::Keyring::parse(KEY_A).unwrap()),
-        rules: im1_revalidator::cli::rules(&im1_revalidator::config::Settings::from_vars(&Default::default()).unwrap()),
+        rules: im1_revalidator::sweep::rules(
+            &im1_revalidator::config::Settings::from_vars(&Default::default()).unwrap(),
+        ),
     };
     let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
     let port = listener.local_addr().unwrap().port();

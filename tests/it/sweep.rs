@@ -38,7 +38,7 @@ fn verdict_for(app: &TestApp, claimed: &Claimed, observation: im1_revalidator::p
             &claimed.standing,
             &observation,
             t0(),
-            &im1_revalidator::cli::rules(&app.settings()),
+            &im1_revalidator::sweep::rules(&app.settings()),
             0.0,
         ),
         evidence: serde_json::json!({}),

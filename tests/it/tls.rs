@@ -106,7 +106,7 @@ async fn check(settings: &Settings) -> im1_revalidator::suppliers::Answer {
 
 /// A simulator over TLS that demands a client certificate from the test CA.
 async fn mtls_simulator(pki: &Pki) -> im1_revalidator::simulator::RunningSimulator {
-    let config = im1_revalidator::simulator::tls::server_config(
+    let config = im1_revalidator::tls::server_config(
         &pki.read("server.pem"),
         &pki.read("server.key"),
         Some(&pki.read("ca.pem")),
@@ -165,8 +165,7 @@ async fn a_supplier_certificate_outside_the_configured_ca_is_a_configuration_err
 async fn plain_tls_with_a_private_ca_and_no_client_certificate_works() {
     install_crypto();
     let pki = Pki::new();
-    let config =
-        im1_revalidator::simulator::tls::server_config(&pki.read("server.pem"), &pki.read("server.key"), None).unwrap();
+    let config = im1_revalidator::tls::server_config(&pki.read("server.pem"), &pki.read("server.key"), None).unwrap();
     let sim = Simulator::new(Scenario::default()).spawn_tls("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
     let s = settings(&sim.https_url("/emis"), &[("IM1_EMIS_CA_CERT", pki.path("ca.pem"))]).unwrap();
     assert_eq!(check(&s).await.outcome, Outcome::Valid);

@@ -236,7 +236,7 @@ async fn a_sweep_is_one_trace_of_claims_checks_requests_and_write_backs_without_
         recheck_interval: settings.recheck_interval,
         api_tokens: vec![SecretString::from(TOKEN)].into(),
         keys: Arc::new(settings.keys.clone().expect("keys configured")),
-        rules: im1_revalidator::cli::rules(&settings),
+        rules: im1_revalidator::sweep::rules(&settings),
     };
     let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
