@@ -53,10 +53,10 @@ def seconds(duration):
 
 
 def known_variables():
-    """KNOWN_VARIABLES from src/config.rs: anything else starting IM1_ is an error."""
-    source = read("src/config.rs")
+    """KNOWN_VARIABLES from src/config/mod.rs: anything else starting IM1_ is an error."""
+    source = read("src/config/mod.rs")
     m = re.search(r"pub const KNOWN_VARIABLES: &\[&str\] = &\[(.*?)\];", source, re.S)
-    if not check(m is not None, "src/config.rs: KNOWN_VARIABLES not found"):
+    if not check(m is not None, "src/config/mod.rs: KNOWN_VARIABLES not found"):
         return None
     return set(re.findall(r'"([A-Z0-9_]+)"', m.group(1)))
 
@@ -69,7 +69,7 @@ def check_variables(where, names):
         return
     for name in names:
         if name.upper().startswith("IM1_") or name == "DATABASE_URL":
-            check(name in KNOWN, f"{where}: {name} is not a variable the program knows (src/config.rs)")
+            check(name in KNOWN, f"{where}: {name} is not a variable the program knows (src/config/mod.rs)")
 
 
 # ---------------------------------------------------------------- Dockerfile

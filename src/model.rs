@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -130,6 +131,81 @@ impl Breaker {
         match self {
             Breaker::Open { until } if now >= until => Breaker::HalfOpen,
             other => other,
+        }
+    }
+}
+
+/// What one check of one token came to, as the supplier answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A positive success shape.
+    Valid,
+    /// An explicit rejection of the token, by a listed row.
+    Invalid(Reason),
+    /// Anything that is not a verdict on the token; `retry_after` when the supplier said.
+    Transient { retry_after: Option<Duration> },
+    /// The practice cannot serve patient-facing requests (not live, services disabled).
+    PracticeUnavailable,
+    /// The supplier says our own configuration is wrong (provider id, signing, certificate).
+    SupplierConfigError,
+}
+
+impl Outcome {
+    pub fn transient() -> Self {
+        Outcome::Transient { retry_after: None }
+    }
+
+    /// Label used in metrics and logs (`transient`, `invalid`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Valid => "valid",
+            Outcome::Invalid(_) => "invalid",
+            Outcome::Transient { .. } => "transient",
+            Outcome::PracticeUnavailable => "practice_unavailable",
+            Outcome::SupplierConfigError => "supplier_config_error",
+        }
+    }
+}
+
+/// What the supplier said, kept with every event row so an operator can see why a
+/// verdict was reached. Never holds a token: messages are scrubbed by the runner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Our own note when there was no supplier answer to quote (`timeout`, `connect`,
+    /// `body_too_large`, `unparseable`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Evidence {
+    pub fn detail(detail: impl Into<String>) -> Self {
+        Evidence { detail: Some(detail.into()), ..Default::default() }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Evidence { http_status: Some(status), ..Default::default() }
+    }
+
+    /// Longest message kept, in characters.
+    pub const MAX_MESSAGE: usize = 500;
+
+    /// Removes any token text from the messages and bounds their length.
+    pub fn scrub(&mut self, secrets: &[&str]) {
+        for field in [&mut self.code, &mut self.message, &mut self.detail].into_iter().flatten() {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if field.contains(secret) {
+                    *field = field.replace(secret, "[REDACTED]");
+                }
+            }
+            if field.chars().count() > Self::MAX_MESSAGE {
+                *field = field.chars().take(Self::MAX_MESSAGE).collect::<String>() + "…";
+            }
         }
     }
 }

@@ -58,10 +58,7 @@ pub fn on_signals(trigger: Trigger) {
         let (mut term, mut int) = (term, int);
         let signal = tokio::select! {
             _ = term.recv() => {
-                // A planted defect (debug builds only) skips the graceful path.
-                if crate::defects::planted(crate::defects::Defect::AbruptShutdown) {
-                    std::process::exit(0);
-                }
+                crate::defects::on_sigterm();
                 "SIGTERM"
             }
             _ = int.recv() => "SIGINT",

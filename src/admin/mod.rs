@@ -64,11 +64,8 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 
 /// Database reachable and every migration applied.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let ready = if crate::defects::planted(crate::defects::Defect::ReadyWithoutDatabase) {
-        Ok(true)
-    } else {
-        tokio::time::timeout(Duration::from_secs(5), crate::store::ready(&state.pool)).await
-    };
+    let check = tokio::time::timeout(Duration::from_secs(5), crate::store::ready(&state.pool));
+    let ready = crate::defects::readiness(check).await;
     match ready {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => {

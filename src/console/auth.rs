@@ -17,7 +17,8 @@ use governor::{Quota, RateLimiter};
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::ExposeSecret;
 
-use super::settings::{ConsoleSettings, ConsoleUser, Role};
+pub use crate::config::console::is_argon2_hash;
+use crate::config::console::{ConsoleSettings, ConsoleUser, Role};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "im1_console";
@@ -37,11 +38,6 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| format!("hashing failed: {e}"))
-}
-
-/// Whether `text` parses as a PHC string of one of the argon2 variants.
-pub fn is_argon2_hash(text: &str) -> bool {
-    PasswordHash::new(text).is_ok_and(|h| ["argon2id", "argon2i", "argon2d"].contains(&h.algorithm.as_str()))
 }
 
 fn verify(hash: &str, password: &str) -> bool {
@@ -189,7 +185,7 @@ impl Auth {
             && let Some(name) = headers.get(header.as_str()).and_then(|v| v.to_str().ok())
         {
             let name = name.trim();
-            if !super::settings::valid_name(name) {
+            if !crate::config::console::valid_name(name) {
                 return None;
             }
             let role = if self.trusted_operators.iter().any(|o| o == name) { Role::Operator } else { Role::Viewer };

@@ -18,7 +18,6 @@
 
 pub mod auth;
 pub mod chart;
-pub mod settings;
 pub mod views;
 
 use std::sync::Arc;
@@ -35,10 +34,10 @@ use serde::Deserialize;
 use sqlx::PgPool;
 
 use self::auth::{Auth, Principal, SignInError};
-use self::settings::ConsoleSettings;
 use self::views::Nav;
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::config::console::ConsoleSettings;
 use crate::model::Supplier;
 use crate::policy::Rules;
 use crate::store;

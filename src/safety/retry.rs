@@ -79,8 +79,7 @@ pub async fn call_with_retries(
             return Called { answer, calls };
         }
         let Some(mut delay) = delays.next() else { return Called { answer, calls } };
-        // A planted defect (debug builds only) forgets the supplier's Retry-After.
-        let retry_after = retry_after.filter(|_| !crate::defects::planted(crate::defects::Defect::IgnoreRetryAfter));
+        let retry_after = crate::defects::retry_after(retry_after);
         if let Some(after) = retry_after {
             // Waiting out a long Retry-After here would hold a slot for nothing: end the
             // check, and the schedule honours it.

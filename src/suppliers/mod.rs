@@ -17,98 +17,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::model::{Reason, Supplier};
+use crate::model::Supplier;
 use crate::token::Token;
 
+pub use crate::model::{Evidence, Outcome};
 pub use http::{HttpClient, RawAnswer, TransportError};
-
-/// What one check of one token came to, as the supplier answered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A positive success shape.
-    Valid,
-    /// An explicit rejection of the token, by a listed row.
-    Invalid(Reason),
-    /// Anything that is not a verdict on the token; `retry_after` when the supplier said.
-    Transient { retry_after: Option<Duration> },
-    /// The practice cannot serve patient-facing requests (not live, services disabled).
-    PracticeUnavailable,
-    /// The supplier says our own configuration is wrong (provider id, signing, certificate).
-    SupplierConfigError,
-}
-
-impl Outcome {
-    pub fn transient() -> Self {
-        Outcome::Transient { retry_after: None }
-    }
-
-    /// Label used in metrics and logs (`transient`, `invalid`, ...).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Valid => "valid",
-            Outcome::Invalid(_) => "invalid",
-            Outcome::Transient { .. } => "transient",
-            Outcome::PracticeUnavailable => "practice_unavailable",
-            Outcome::SupplierConfigError => "supplier_config_error",
-        }
-    }
-}
-
-/// What the supplier said, kept with every event row so an operator can see why a
-/// verdict was reached. Never holds a token: messages are scrubbed by the runner.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Evidence {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Our own note when there was no supplier answer to quote (`timeout`, `connect`,
-    /// `body_too_large`, `unparseable`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl Evidence {
-    pub fn detail(detail: impl Into<String>) -> Self {
-        Evidence { detail: Some(detail.into()), ..Default::default() }
-    }
-
-    pub fn status(status: u16) -> Self {
-        Evidence { http_status: Some(status), ..Default::default() }
-    }
-
-    /// Longest message kept, in characters.
-    pub const MAX_MESSAGE: usize = 500;
-
-    /// Removes any token text from the messages and bounds their length.
-    pub fn scrub(&mut self, secrets: &[&str]) {
-        for field in [&mut self.code, &mut self.message, &mut self.detail].into_iter().flatten() {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
-                if field.contains(secret) {
-                    *field = field.replace(secret, "[REDACTED]");
-                }
-            }
-            if field.chars().count() > Self::MAX_MESSAGE {
-                *field = field.chars().take(Self::MAX_MESSAGE).collect::<String>() + "…";
-            }
-        }
-    }
-}
 
 /// The transient outcome for an unlisted answer: `Retry-After` is honoured on 429 and 503
 /// (the wire doc's rule for every supplier), ignored elsewhere.
 pub(crate) fn transient_for(status: u16, retry_after: Option<Duration>) -> Outcome {
-    match status {
-        503 if crate::defects::planted(crate::defects::Defect::ServiceUnavailableIsInvalid) => {
-            Outcome::Invalid(Reason::TokenRejected)
-        }
+    let outcome = match status {
         429 | 503 => Outcome::Transient { retry_after },
         _ => Outcome::transient(),
-    }
+    };
+    crate::defects::unlisted_answer(status, outcome)
 }
 
 /// `evidence` with our own note added.
@@ -133,15 +55,8 @@ impl Answer {
     /// failure that says our own certificates or CA are wrong (a configuration error).
     /// Never a verdict.
     pub fn from_transport(err: &TransportError) -> Self {
-        use crate::defects::{Defect, planted};
-        let outcome = match err {
-            _ if err.is_configuration() => Outcome::SupplierConfigError,
-            TransportError::Timeout if planted(Defect::TimeoutIsInvalid) => Outcome::Invalid(Reason::TokenRejected),
-            TransportError::Connect | TransportError::Other if planted(Defect::ResetIsInvalid) => {
-                Outcome::Invalid(Reason::TokenRejected)
-            }
-            _ => Outcome::transient(),
-        };
+        let outcome = if err.is_configuration() { Outcome::SupplierConfigError } else { Outcome::transient() };
+        let outcome = crate::defects::transport_failure(err.detail(), outcome);
         Answer::new(outcome, Evidence::detail(err.detail()))
     }
 }

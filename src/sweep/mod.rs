@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -385,12 +385,7 @@ impl Engine {
                         found.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
                     })
                 } else {
-                    // A planted defect (debug builds only) makes every lease look expired.
-                    let leases_seen_at = if crate::defects::planted(crate::defects::Defect::IgnoreLeases) {
-                        now + TimeDelta::days(3650)
-                    } else {
-                        now
-                    };
+                    let leases_seen_at = crate::defects::leases_seen_at(now);
                     store::claims::claim(
                         &self.pool,
                         supplier,
@@ -562,12 +557,7 @@ async fn heartbeat(
     in_flight: InFlight,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let every = (lease / 3).max(Duration::from_millis(500));
-    // A planted defect (debug builds only) never extends a lease.
-    if crate::defects::planted(crate::defects::Defect::NoLeaseHeartbeat) {
-        let _ = stop.await;
-        return;
-    }
+    let every = crate::defects::heartbeat_every((lease / 3).max(Duration::from_millis(500)));
     loop {
         tokio::select! {
             _ = &mut stop => return,

@@ -125,9 +125,7 @@ pub async fn run(
         let request = SweepRequest { supplier: None, dry_run: false, trigger: Trigger::Schedule };
         if let Err(e) = engine.sweep(request, shutdown.clone()).await {
             tracing::error!(error = format!("{e:#}"), "scheduled sweep failed; the next fire will try again");
-            if crate::defects::planted(crate::defects::Defect::ExitOnDatabaseError) {
-                std::process::exit(1);
-            }
+            crate::defects::after_failed_sweep();
         }
         ticker.abort();
         liveness.tick();

@@ -250,13 +250,10 @@ impl Writer {
 
 /// One batch write, retried with backoff on database errors.
 async fn write(pool: &PgPool, clock: &SharedClock, verdicts: &[Verdict]) -> sqlx::Result<Vec<String>> {
-    if crate::defects::planted(crate::defects::Defect::EventsAfterCommit) {
-        return write_events_late(pool, clock, verdicts).await;
-    }
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match claims::write_back(pool, verdicts, clock.now(), claims::WriteKind::Check).await {
+        match crate::defects::write_back(pool, verdicts, clock.now(), claims::WriteKind::Check).await {
             Ok(written) => return Ok(written.lost),
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "write-back failed; retrying");
@@ -267,19 +264,4 @@ async fn write(pool: &PgPool, clock: &SharedClock, verdicts: &[Verdict]) -> sqlx
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The `events-after-commit` planted defect (debug builds only): the changes without their
-/// events, then the events in a lingering transaction of their own.
-async fn write_events_late(pool: &PgPool, clock: &SharedClock, verdicts: &[Verdict]) -> sqlx::Result<Vec<String>> {
-    let mut quiet = verdicts.to_vec();
-    quiet.iter_mut().for_each(|v| v.decision.event = false);
-    let written = claims::write_back(pool, &quiet, clock.now(), claims::WriteKind::Check).await?;
-    let (users, from): (Vec<String>, Vec<String>) = verdicts
-        .iter()
-        .filter(|v| v.decision.event && !written.lost.contains(&v.user_id))
-        .map(|v| (v.user_id.clone(), v.from_status.as_str().to_owned()))
-        .unzip();
-    tokio::spawn(crate::defects::write_events_late(pool.clone(), users, from));
-    Ok(written.lost)
 }

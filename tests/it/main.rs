@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod import;
 mod keys;
+mod layers;
 mod lifecycle;
 mod ops;
 mod redaction;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use argon2::password_hash::PasswordHash;
 use secrecy::SecretString;
 
 /// The console's variables (listed in `config::KNOWN_VARIABLES` too).
@@ -146,7 +147,7 @@ pub fn parse(vars: &HashMap<String, String>) -> Result<Option<ConsoleSettings>, 
     };
     let refresh = match text(vars, "IM1_CONSOLE_REFRESH") {
         None => Duration::from_secs(5),
-        Some(t) => match crate::config::parse_duration(t) {
+        Some(t) => match super::parse_duration(t) {
             Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
             _ => {
                 problems.push(format!("IM1_CONSOLE_REFRESH: must be a duration from 1s to 1h (got {t:?})"));
@@ -199,7 +200,7 @@ fn users(spec: Option<&str>, problems: &mut Vec<String>) -> Vec<ConsoleUser> {
                 continue;
             }
         };
-        if !super::auth::is_argon2_hash(hash) {
+        if !is_argon2_hash(hash) {
             problems.push(format!(
                 "IM1_CONSOLE_USERS: entry {n} ({name}): the hash is not an argon2 PHC string (make one with \
                  `im1-revalidator console hash-password`; value not shown)"
@@ -213,6 +214,11 @@ fn users(spec: Option<&str>, problems: &mut Vec<String>) -> Vec<ConsoleUser> {
         users.push(ConsoleUser { name: name.to_owned(), role, hash: SecretString::from(hash.to_owned()) });
     }
     users
+}
+
+/// Whether `text` parses as a PHC string of one of the argon2 variants.
+pub fn is_argon2_hash(text: &str) -> bool {
+    PasswordHash::new(text).is_ok_and(|h| ["argon2id", "argon2i", "argon2d"].contains(&h.algorithm.as_str()))
 }
 
 #[cfg(test)]
