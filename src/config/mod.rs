@@ -16,12 +16,19 @@
 //!
 //! Unknown `IM1_*` variables are problems too, with a suggestion when the name is close to
 //! a known one: `IM1_LEASES=5m` silently doing nothing is worse than refusing to start.
+//!
+//! The folder: [`Settings`] and its one reading pass live here, with the short sections for
+//! the database, keys, safety rules, admin port and retries; the areas with rules of their
+//! own have a file each: `suppliers` (URLs, ids, TLS files, rates), `schedule` (cron and
+//! time zone), [`console`] (sign-in and roles), `duration` (`1h30m`), `file` (the optional
+//! `KEY=VALUE` file) and `reader` (one variable at a time, every problem collected).
 
 pub mod console;
 mod duration;
 mod file;
 mod reader;
 mod schedule;
+mod suppliers;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +36,7 @@ pub use self::duration::{format_duration, parse_duration};
 pub use self::file::parse_config_file;
 use self::reader::{Floor, Reader, is_ours, secs};
 pub use self::schedule::Schedule;
+pub use self::suppliers::{SupplierSettings, TlsFiles};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -199,31 +207,6 @@ pub struct Settings {
     /// The operator console (`IM1_CONSOLE_*`, validated in [`console`]); `None`
     /// when `IM1_CONSOLE_ADDR` is unset.
     pub console: Option<console::ConsoleSettings>,
-}
-
-/// One enabled supplier's connection settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SupplierSettings {
-    pub supplier: Supplier,
-    /// Base URL, validated as http(s), without a trailing `/`.
-    pub url: String,
-    /// EMIS application id, or TPP / Vision provider id.
-    pub id: String,
-    pub tls: TlsFiles,
-    /// Requests per second, shared by all live processes.
-    pub rate: f64,
-    pub burst: u32,
-    pub max_in_flight: u32,
-}
-
-/// PEM file paths for mutual TLS and a private CA. Only stored here; they are read (and
-/// their contents checked) when the HTTP client is built.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// Set together with `client_key`, or neither is.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub ca_cert: Option<PathBuf>,
 }
 
 impl Settings {

@@ -10,8 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::file::is_variable_name;
-use super::{KNOWN_VARIABLES, SECRET_VARIABLES, SupplierSettings, TlsFiles, format_duration, parse_duration};
-use crate::model::Supplier;
+use super::{KNOWN_VARIABLES, SECRET_VARIABLES, format_duration, parse_duration};
 
 /// Names in our namespace, in any case (`im1_lease` is a typo for `IM1_LEASE`).
 pub(super) fn is_ours(name: &str) -> bool {
@@ -234,116 +233,5 @@ impl<'a> Reader<'a> {
             }
         }
         tokens
-    }
-
-    /// One supplier's variables. The optional ones are validated even when the supplier
-    /// is disabled, so a typo surfaces before the day it is switched on.
-    pub(super) fn supplier(&mut self, supplier: Supplier) -> Option<SupplierSettings> {
-        let v = SupplierVars::of(supplier)?;
-        let url_text = self.text(v.url);
-        let url = url_text.and_then(|text| self.supplier_url(v.url, text));
-        let id = self.text(v.id).map(str::to_owned);
-        if id.as_deref().is_some_and(|id| id.chars().any(char::is_control)) {
-            self.problem(v.id, "must not contain control characters");
-        }
-        let tls = TlsFiles {
-            client_cert: self.path(v.client_cert),
-            client_key: self.path(v.client_key),
-            ca_cert: self.path(v.ca_cert),
-        };
-        self.both_or_neither((v.client_cert, tls.client_cert.is_some()), (v.client_key, tls.client_key.is_some()));
-        let rate = match self.text(v.rate) {
-            None => 50.0,
-            Some(text) => match text.parse::<f64>() {
-                Ok(x) if x > 0.0 && x <= 100_000.0 => x,
-                _ => {
-                    self.invalid(v.rate, "must be a number of requests per second above 0 and at most 100000", text);
-                    50.0
-                }
-            },
-        };
-        let burst = self.whole(v.burst, 50u32, 1, 100_000);
-        let max_in_flight = self.whole(v.max_in_flight, 32u32, 1, 10_000);
-        match (url_text, id) {
-            // The URL is the switch: without it the supplier is disabled.
-            (None, _) => None,
-            (Some(_), None) => {
-                self.problem(v.id, &format!("is required when {} is set", v.url));
-                None
-            }
-            // `url` is `None` here only when the URL was invalid, already reported.
-            (Some(_), Some(id)) => Some(SupplierSettings { supplier, url: url?, id, tls, rate, burst, max_in_flight }),
-        }
-    }
-
-    pub(super) fn supplier_url(&mut self, name: &'static str, text: &str) -> Option<String> {
-        let parsed = match reqwest::Url::parse(text) {
-            Ok(url) => url,
-            Err(e) => {
-                self.invalid(name, &format!("is not a valid URL ({e})"), text);
-                return None;
-            }
-        };
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            // Not echoed: the value holds a credential.
-            self.problem(name, "must not contain a user name or password (value not shown)");
-            return None;
-        }
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            self.invalid(name, "must be an http:// or https:// URL with a host", text);
-            return None;
-        }
-        // Without a trailing slash, callers can append `/path` uniformly.
-        Some(text.trim_end_matches('/').to_owned())
-    }
-}
-
-/// The variable names of one supplier.
-pub(super) struct SupplierVars {
-    pub(super) url: &'static str,
-    pub(super) id: &'static str,
-    pub(super) client_cert: &'static str,
-    pub(super) client_key: &'static str,
-    pub(super) ca_cert: &'static str,
-    pub(super) rate: &'static str,
-    pub(super) burst: &'static str,
-    pub(super) max_in_flight: &'static str,
-}
-
-impl SupplierVars {
-    pub(super) fn of(supplier: Supplier) -> Option<SupplierVars> {
-        Some(match supplier {
-            Supplier::Emis => SupplierVars {
-                url: "IM1_EMIS_URL",
-                id: "IM1_EMIS_APPLICATION_ID",
-                client_cert: "IM1_EMIS_CLIENT_CERT",
-                client_key: "IM1_EMIS_CLIENT_KEY",
-                ca_cert: "IM1_EMIS_CA_CERT",
-                rate: "IM1_EMIS_RATE",
-                burst: "IM1_EMIS_BURST",
-                max_in_flight: "IM1_EMIS_MAX_IN_FLIGHT",
-            },
-            Supplier::Tpp => SupplierVars {
-                url: "IM1_TPP_URL",
-                id: "IM1_TPP_PROVIDER_ID",
-                client_cert: "IM1_TPP_CLIENT_CERT",
-                client_key: "IM1_TPP_CLIENT_KEY",
-                ca_cert: "IM1_TPP_CA_CERT",
-                rate: "IM1_TPP_RATE",
-                burst: "IM1_TPP_BURST",
-                max_in_flight: "IM1_TPP_MAX_IN_FLIGHT",
-            },
-            Supplier::Vision => SupplierVars {
-                url: "IM1_VISION_URL",
-                id: "IM1_VISION_PROVIDER_ID",
-                client_cert: "IM1_VISION_CLIENT_CERT",
-                client_key: "IM1_VISION_CLIENT_KEY",
-                ca_cert: "IM1_VISION_CA_CERT",
-                rate: "IM1_VISION_RATE",
-                burst: "IM1_VISION_BURST",
-                max_in_flight: "IM1_VISION_MAX_IN_FLIGHT",
-            },
-            Supplier::Microtest => return None,
-        })
     }
 }

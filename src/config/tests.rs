@@ -1,4 +1,6 @@
-//! The whole of `Settings::from_vars` and its helpers, through the plain variable map.
+//! The whole of `Settings::from_vars` and its helpers, through the plain variable map. One
+//! file although long: most cases read several areas at once (a cross-check, every problem
+//! in one pass, the full example deployment), so splitting by area would split them.
 
 use super::reader::edit_distance;
 use super::*;
