@@ -156,7 +156,7 @@ def simulator_prefixes():
     return prefixes
 
 
-# The OTEL_* variables the service reads (README, "Tracing"; src/telemetry.rs).
+# The OTEL_* variables the service reads (README, "Tracing"; src/telemetry/).
 OTEL_VARIABLES = {
     "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
