@@ -26,6 +26,7 @@
 //! (a map insert on a token's first call) can be turned off with `count_by_token: false`.
 
 mod call_log;
+mod control;
 mod emis;
 pub mod scenario;
 pub mod tls;
@@ -41,17 +42,15 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::response::Response;
 use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use self::control::control_routes;
 use crate::model::Supplier;
 
 pub use call_log::MAX_LOGGED_CALLS;
@@ -522,197 +521,5 @@ fn foreign_behaviour(behaviour: Behaviour, supplier: Supplier) -> Response {
     respond(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", note, None)
 }
 
-// ---- control endpoints ----
-
-fn control_routes() -> Router<Simulator> {
-    Router::new()
-        .route("/_sim/calls", get(get_calls))
-        .route("/_sim/calls/{token}", get(get_token_calls))
-        .route("/_sim/calls/log/{supplier}", get(get_call_log))
-        .route("/_sim/token-calls", get(get_all_token_calls))
-        .route("/_sim/tokens/{token}", put(put_script).delete(delete_script))
-        .route("/_sim/default", get(get_default).put(put_default))
-        .route("/_sim/latency", get(get_latency).put(put_latency))
-        .route("/_sim/in-flight", get(get_in_flight))
-        .route("/_sim/outage/{supplier}", post(start_outage).delete(end_outage))
-        .route("/_sim/emis/expire-sessions", post(expire_sessions))
-        .route("/_sim/reset", post(reset))
-}
-
-/// A control call's error, answered as `{"error": "..."}`.
-#[derive(Debug)]
-struct ControlError(StatusCode, String);
-
-impl IntoResponse for ControlError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
-    serde_json::from_slice(body).map_err(|e| ControlError(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-fn parse_supplier(name: &str) -> Result<Supplier, ControlError> {
-    name.parse::<Supplier>().map_err(|e| ControlError(StatusCode::NOT_FOUND, format!("supplier {e}")))
-}
-
-async fn get_calls(State(sim): State<Simulator>) -> axum::Json<CallCounts> {
-    axum::Json(sim.calls())
-}
-
-async fn get_token_calls(State(sim): State<Simulator>, Path(token): Path<String>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "calls": sim.token_calls(&token) }))
-}
-
-async fn get_all_token_calls(State(sim): State<Simulator>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "tokens": sim.all_token_calls() }))
-}
-
-/// The body of `GET /_sim/calls/log/{supplier}`.
-#[derive(Debug, Serialize)]
-struct CallLogBody {
-    supplier: Supplier,
-    times: Vec<f64>,
-    max_in_flight: u64,
-}
-
-async fn get_call_log(
-    State(sim): State<Simulator>,
-    Path(supplier): Path<String>,
-) -> Result<axum::Json<CallLogBody>, ControlError> {
-    let supplier = parse_supplier(&supplier)?;
-    let max_in_flight = sim.max_in_flight(supplier);
-    Ok(axum::Json(CallLogBody { supplier, times: sim.call_times(supplier), max_in_flight }))
-}
-
-async fn put_script(
-    State(sim): State<Simulator>,
-    Path(token): Path<String>,
-    body: Bytes,
-) -> Result<StatusCode, ControlError> {
-    sim.script(&token, parse_body(&body)?);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn delete_script(State(sim): State<Simulator>, Path(token): Path<String>) -> StatusCode {
-    sim.script(&token, Vec::new());
-    StatusCode::NO_CONTENT
-}
-
-async fn get_default(State(sim): State<Simulator>) -> axum::Json<Step> {
-    axum::Json(sim.default_step())
-}
-
-async fn put_default(State(sim): State<Simulator>, body: Bytes) -> Result<StatusCode, ControlError> {
-    sim.set_default_step(parse_body(&body)?);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `GET /_sim/in-flight`: requests each supplier is serving right now (a benchmark samples
-/// it to see how many of the service's check slots are busy).
-async fn get_in_flight(State(sim): State<Simulator>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "emis": sim.in_flight(Supplier::Emis),
-        "tpp": sim.in_flight(Supplier::Tpp),
-        "vision": sim.in_flight(Supplier::Vision),
-    }))
-}
-
-/// The body of `GET|PUT /_sim/latency`.
-#[derive(Debug, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Latency {
-    latency_ms: u64,
-}
-
-async fn get_latency(State(sim): State<Simulator>) -> axum::Json<Latency> {
-    axum::Json(Latency { latency_ms: sim.latency_ms() })
-}
-
-async fn put_latency(State(sim): State<Simulator>, body: Bytes) -> Result<StatusCode, ControlError> {
-    let Latency { latency_ms } = parse_body(&body)?;
-    sim.set_latency_ms(latency_ms);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn start_outage(State(sim): State<Simulator>, Path(supplier): Path<String>) -> Result<StatusCode, ControlError> {
-    sim.set_outage(parse_supplier(&supplier)?, true);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn end_outage(State(sim): State<Simulator>, Path(supplier): Path<String>) -> Result<StatusCode, ControlError> {
-    sim.set_outage(parse_supplier(&supplier)?, false);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn expire_sessions(State(sim): State<Simulator>) -> StatusCode {
-    sim.expire_emis_sessions();
-    StatusCode::NO_CONTENT
-}
-
-async fn reset(State(sim): State<Simulator>) -> StatusCode {
-    sim.reset();
-    StatusCode::NO_CONTENT
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_is_log_normal_around_the_mean_with_a_tail() {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(18);
-        let shape = LatencyShape { spread_ms: 100, tail_share: 0.01, tail_ms: 5000 };
-        let draws: Vec<u64> = (0..20_000).map(|_| shape.sample(300, &mut rng)).collect();
-        let (tail, body): (Vec<u64>, Vec<u64>) = draws.iter().partition(|&&ms| ms == 5000);
-        let share = tail.len() as f64 / draws.len() as f64;
-        assert!((0.007..0.013).contains(&share), "tail share {share}");
-        let mean = body.iter().sum::<u64>() as f64 / body.len() as f64;
-        let sd = (body.iter().map(|&ms| (ms as f64 - mean).powi(2)).sum::<f64>() / body.len() as f64).sqrt();
-        assert!((290.0..310.0).contains(&mean), "mean {mean}");
-        assert!((90.0..110.0).contains(&sd), "sd {sd}");
-        assert!(body.iter().all(|&ms| ms > 0 && ms < 5000), "log-normal: positive, and no tail among them");
-        // Without a spread every answer waits exactly the mean; with no mean, nothing.
-        let flat = LatencyShape::default();
-        assert_eq!(flat.sample(250, &mut rng), 250);
-        assert_eq!(LatencyShape { spread_ms: 100, ..flat }.sample(0, &mut rng), 0);
-    }
-
-    #[test]
-    fn scripts_step_through_and_repeat_the_last() {
-        let sim = Simulator::default();
-        sim.script("t", vec![Step::new(Behaviour::Unavailable), Step::new(Behaviour::Valid)]);
-        let got: Vec<Behaviour> = (0..4).map(|_| sim.next_step("t").behaviour).collect();
-        assert_eq!(got, [Behaviour::Unavailable, Behaviour::Valid, Behaviour::Valid, Behaviour::Valid]);
-        assert_eq!(sim.next_step("other").behaviour, Behaviour::Valid);
-        sim.set_default(Behaviour::Garbage);
-        assert_eq!(sim.next_step("other").behaviour, Behaviour::Garbage);
-        sim.script("t", vec![]);
-        assert_eq!(sim.next_step("t").behaviour, Behaviour::Garbage);
-    }
-
-    #[test]
-    fn token_counting_can_be_off() {
-        let sim = Simulator::new(Scenario { count_by_token: false, ..Scenario::default() });
-        sim.count_token("t");
-        assert_eq!(sim.token_calls("t"), 0);
-        let sim = Simulator::default();
-        sim.count_token("t");
-        sim.count_token("t");
-        assert_eq!(sim.token_calls("t"), 2);
-        sim.reset();
-        assert_eq!(sim.token_calls("t"), 0);
-    }
-
-    #[test]
-    fn scenario_scripts_and_rates_are_loaded() {
-        let scenario = Scenario::from_json(r#"{"error_rate": 1.0, "tokens": {"a": ["not_registered"]}}"#).unwrap();
-        let sim = Simulator::new(scenario);
-        assert!(sim.inject_error());
-        assert_eq!(sim.next_step("a").behaviour, Behaviour::NotRegistered);
-        let sim = Simulator::new(Scenario { error_rate: f64::NAN, ..Scenario::default() });
-        assert!(!sim.inject_error());
-    }
-}
+mod tests;
