@@ -1,8 +1,8 @@
 //! Verdict safety: the defences that keep a supplier that is down, slow, throttling or
 //! answering nonsense from marking good tokens invalid.
 //!
-//! - [`throttle`]: each supplier's request rate and in-flight cap, shared by every live
-//!   process (each takes `1/n`).
+//! - [`crate::suppliers::throttle`]: each supplier's request rate and in-flight cap, shared
+//!   by every live process (each takes `1/n`); built here from the settings ([`throttles`]).
 //! - The circuit breaker: when transient calls reach a share of a rolling window, the
 //!   supplier's checks are skipped without a call until its cool-off ends; then a probe
 //!   decides.
@@ -15,6 +15,11 @@
 //! and reads the shared state in one statement ([`Safety::sync`]). Between syncs the
 //! process also judges its own counts on top of the last shared sums, so a breaker opens or
 //! the guard holds the moment this process's own answers make it so.
+//!
+//! This file stays over 500 lines on purpose: breaker, guard and the shared sync are one
+//! state machine over one set of windows, and reading them apart would hide how a call,
+//! an answer and a sync move the same counts. The pure rules are in [`rules`], the shared
+//! status report in [`report`], retries in [`retry`].
 
 pub mod report;
 pub mod retry;

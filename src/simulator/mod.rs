@@ -22,7 +22,7 @@
 //! token's script or the default. Generic behaviours are rendered in each supplier's own
 //! format; a behaviour that belongs to another supplier ([`Behaviour::only_for`]) is
 //! answered HTTP 400 with a plain-text note. The hot path takes read locks and touches atomics,
-//! plus one short mutex lock to log the request's arrival ([`call_log`]); per-token counting
+//! plus one short mutex lock to log the request's arrival (`call_log`); per-token counting
 //! (a map insert on a token's first call) can be turned off with `count_by_token: false`.
 
 mod call_log;

@@ -285,7 +285,7 @@ where
 }
 
 /// Keeps the tracer provider for the process's life; dropping it exports what is queued
-/// (waiting at most [`SHUTDOWN_TIMEOUT`]).
+/// (waiting at most `SHUTDOWN_TIMEOUT`, three seconds).
 #[must_use = "dropping the guard stops trace export"]
 pub struct Guard(Option<SdkTracerProvider>);
 
