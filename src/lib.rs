@@ -6,28 +6,35 @@
 //! `gp_integration_credentials` at their next login — never because a supplier was down,
 //! slow, throttling or answering nonsense.
 //!
-//! A tour of the modules, in the order data flows through them:
+//! A tour of the modules, floor by floor from the bottom. Arrows point down only: a module
+//! names only modules on lower floors (`tests/it/layers.rs` fails on any other arrow), and
+//! `docs/architecture.md` draws the house and a credential's path through it.
 //!
-//! - [`config`]: typed settings from the environment, validated in one pure step.
-//! - [`token`]: the token shapes per supplier and input validation (import lines, API).
-//! - [`crypto`]: AES-256-GCM at rest, key id in every ciphertext, user id bound as AAD.
-//! - [`keys`]: which key ids the stored tokens are under, and `keys rotate`'s loop.
-//! - [`store`]: everything that touches PostgreSQL: import, claims with leases and fencing
-//!   tokens, batched write-back with events and notifications, sweep records, status.
-//! - [`suppliers`]: one module per GP system; builds requests and classifies answers only.
-//! - [`policy`]: pure verdict rules: two strikes, backoff, the refresh lifecycle.
-//! - [`sweep`]: the runner: claim, check with bounded concurrency, write back; and the
-//!   cron loop for `run`.
-//! - [`admin`]: health, readiness, metrics and the RP API on the admin port, served within
-//!   bounds (connection cap, header and request timeouts: [`admin::server`]).
-//! - [`admin`]: health, readiness and metrics on the admin port.
-//! - [`console`]: the operator console, a web page on its own listener (`IM1_CONSOLE_ADDR`).
-//! - [`simulator`]: simulated supplier APIs for tests, demos and RP development.
-//! - [`cli`]: one file per command; `main.rs` only parses and dispatches.
-//! - [`telemetry`]: JSON logs, and OpenTelemetry traces (OTLP/HTTP) when `OTEL_*` asks:
-//!   one trace per sweep, a span per claim batch, check, supplier request and write-back.
-//!
-//! Time comes from one injectable [`clock`]; shutdown is a value ([`shutdown`]) passed in.
+//! 0. The vocabulary and leaf tools, which name no other module: [`model`] (suppliers,
+//!    statuses, outcomes, evidence, breaker state), [`clock`] (the one injectable clock),
+//!    [`telemetry`] (JSON logs; OpenTelemetry traces when `OTEL_*` asks), [`tls`] (HTTPS for
+//!    our own listeners: the console and the simulator).
+//! 1. Values built on it: [`token`] (the token shapes per supplier and input validation),
+//!    [`crypto`] (AES-256-GCM at rest, key id in every ciphertext, user id bound as AAD),
+//!    [`policy`] (pure verdict rules: two strikes, backoff, the refresh lifecycle).
+//! 2. [`config`]: typed settings from the environment, validated in one pure step.
+//! 3. [`store`]: everything that touches PostgreSQL: import, claims with leases and
+//!    fencing tokens, batched write-back with events and notifications, status.
+//! 4. On the store: [`metrics`] (Prometheus), [`keys`] (which key ids the stored tokens are
+//!    under, and `keys rotate`), and [`defects`], the fault suite's one seam (planted defects,
+//!    debug builds only).
+//! 5. [`suppliers`]: one module per GP system; builds requests and classifies answers only,
+//!    with the shared HTTP client and per-supplier throttles. [`shutdown`]: the stop signal
+//!    as a value passed in.
+//! 6. [`safety`]: circuit breaker, mass-invalidation guard and retries around supplier
+//!    calls, shared by every replica. [`simulator`]: simulated supplier APIs for tests,
+//!    demos and RP development.
+//! 7. [`sweep`]: the runner: claim, check with bounded concurrency, write back; and the
+//!    cron loop for `run`.
+//! 8. The two HTTP faces of `run`: [`admin`] (health, readiness, metrics and the RP API,
+//!    served within bounds: [`admin::server`]) and [`console`] (the operator console, on its
+//!    own listener `IM1_CONSOLE_ADDR`).
+//! 9. [`cli`]: one file per command; `main.rs` only parses and dispatches.
 
 pub mod admin;
 pub mod cli;

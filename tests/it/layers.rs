@@ -56,18 +56,48 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `crate::<module>` a line names, outside `//` comments.
-fn named_modules(line: &str) -> Vec<&str> {
+/// Every top-level module a line names, outside `//` comments: as `crate::<module>`, or
+/// as `super::…::<module>` with enough `super`s to climb from a file `depth` modules deep
+/// (`src/sweep/writer.rs` is 2) to the crate root. The climb counts files only: a `super`
+/// inside an inline `mod tests { … }` is read as one level short, which can only miss an
+/// arrow from test code, never invent one.
+fn named_modules(line: &str, depth: usize) -> Vec<&str> {
     let code = line.split("//").next().unwrap_or("");
-    code.match_indices("crate::")
-        .filter(|(at, _)| !code[..*at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$'))
-        .map(|(at, _)| {
-            let rest = &code[at + "crate::".len()..];
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            &rest[..end]
-        })
+    let starts_path =
+        |at: usize| !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$' || c == ':');
+    let segment = |rest: &'_ str| {
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        rest[..end].to_owned()
+    };
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("crate::").filter(|(at, _)| starts_path(*at)) {
+        found.push((at + "crate::".len(), 0));
+    }
+    for (at, _) in code.match_indices("super::").filter(|(at, _)| starts_path(*at)) {
+        let mut rest = at;
+        let mut climbs = 0;
+        while code[rest..].starts_with("super::") {
+            rest += "super::".len();
+            climbs += 1;
+        }
+        if climbs == depth {
+            found.push((rest, climbs));
+        }
+    }
+    found.sort();
+    found
+        .into_iter()
+        .map(|(at, _)| &code[at..at + segment(&code[at..]).len()])
         .filter(|name| !name.is_empty())
         .collect()
+}
+
+/// How many modules deep a file is: `src/sweep.rs` and `src/sweep/mod.rs` are 1,
+/// `src/sweep/writer.rs` is 2.
+fn depth(src: &Path, file: &Path) -> usize {
+    let relative = file.strip_prefix(src).unwrap_or(file);
+    let parts = relative.components().count();
+    if relative.file_name().is_some_and(|n| n == "mod.rs") { parts - 1 } else { parts }
 }
 
 /// The top-level module a file belongs to (`src/sweep/writer.rs` → `sweep`); `None` for
@@ -95,8 +125,9 @@ fn every_module_names_only_modules_below_it() {
             continue;
         };
         let text = std::fs::read_to_string(file).expect("read a source file");
+        let depth = depth(&src, file);
         for (number, line) in text.lines().enumerate() {
-            for to in named_modules(line) {
+            for to in named_modules(line, depth) {
                 if to == from {
                     continue;
                 }
@@ -143,8 +174,24 @@ fn every_module_in_the_tree_has_a_floor_and_every_floor_a_module() {
 
 #[test]
 fn the_scan_reads_paths_not_lookalikes() {
-    assert_eq!(named_modules("use crate::store::claims::{self, Verdict};"), ["store"]);
-    assert_eq!(named_modules("let x = crate::clock::delta(d); crate::model::Supplier::Emis"), ["clock", "model"]);
-    assert_eq!(named_modules("pub(crate) fn f() {} // crate::sweep in a comment"), Vec::<&str>::new());
-    assert_eq!(named_modules("use other_crate::thing;"), Vec::<&str>::new());
+    let none = Vec::<&str>::new();
+    assert_eq!(named_modules("use crate::store::claims::{self, Verdict};", 2), ["store"]);
+    assert_eq!(named_modules("let x = crate::clock::delta(d); crate::model::Supplier::Emis", 1), ["clock", "model"]);
+    assert_eq!(named_modules("pub(crate) fn f() {} // crate::sweep in a comment", 1), none);
+    assert_eq!(named_modules("use other_crate::thing;", 1), none);
+    // `super` reaches the crate root only with as many climbs as the file is deep.
+    assert_eq!(named_modules("use super::super::sweep::Engine;", 2), ["sweep"]);
+    assert_eq!(named_modules("use super::sweep::Engine;", 1), ["sweep"]);
+    assert_eq!(named_modules("use super::writer::Change;", 2), none);
+    assert_eq!(named_modules("use super::*;", 1), none);
+    assert_eq!(named_modules("use crate::a::super::b;", 3), ["a"]);
+    let src = Path::new("/x/src");
+    assert_eq!(
+        [
+            depth(src, &src.join("sweep.rs")),
+            depth(src, &src.join("sweep/mod.rs")),
+            depth(src, &src.join("sweep/writer.rs"))
+        ],
+        [1, 1, 2]
+    );
 }
