@@ -376,7 +376,10 @@ async fn serve_console(pool: &PgPool, extra: &[(&str, &str)]) -> String {
     let settings = im1_revalidator::config::Settings::from_vars(&vars).expect("valid console settings");
     let console = settings.console.clone().unwrap();
     let listener = im1_revalidator::console::bind(&console).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    // Over TLS by the name in the test certificate; otherwise by address, as before.
+    let port = listener.local_addr().unwrap().port();
+    let base =
+        if console.tls.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
     let state =
         im1_revalidator::console::ConsoleState::new(pool.clone(), &settings, console, im1_revalidator::clock::system());
     tokio::spawn(im1_revalidator::console::serve(listener, state, im1_revalidator::shutdown::Shutdown::never()));
@@ -440,6 +443,56 @@ async fn failed_sign_ins_are_rate_limited_and_the_cookie_is_strict(pool: PgPool)
     let limited = attempt(PASSWORD).await;
     assert_eq!(limited.status(), 429);
     assert!(limited.text().await.unwrap().contains("Too many sign-in attempts"));
+}
+
+/// Served over TLS, the console marks its cookies `Secure` without being told to
+/// (`IM1_CONSOLE_SECURE_COOKIE` unset), and a plain-HTTP request on its port gets no page.
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn over_tls_every_cookie_is_secure_by_default(pool: PgPool) {
+    crate::helpers::install_crypto();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("im1-console-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("console.crt"), dir.join("console.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let hash = im1_revalidator::console::auth::hash_password(PASSWORD).unwrap();
+    let users = format!("ops:operator:{hash}");
+    let (cert_path, key_path) = (cert.display().to_string(), key.display().to_string());
+    let base = serve_console(
+        &pool,
+        &[("IM1_CONSOLE_USERS", &users), ("IM1_CONSOLE_TLS_CERT", &cert_path), ("IM1_CONSOLE_TLS_KEY", &key_path)],
+    )
+    .await;
+    assert!(base.starts_with("https://"), "{base}");
+    let roots = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let https =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_certs_only([roots]).build().unwrap();
+
+    let page = https.get(format!("{base}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let (cookie, header) = set_cookie(&page, "im1_console_login").expect("a sign-in form cookie");
+    assert!(header.contains("Secure"), "the sign-in cookie is not Secure: {header}");
+    let csrf = cookie.split_once('=').unwrap().1.to_owned();
+    let signed_in = https
+        .post(format!("{base}/login"))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&name=ops&password={}", PASSWORD.replace(' ', "+")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let (_, session) = set_cookie(&signed_in, "im1_console").expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(session.contains(flag), "{flag} missing from {session}");
+    }
+
+    // Plain HTTP on the TLS port: the handshake fails, so no page (and no cookie) is served.
+    let plain = base.replacen("https://", "http://", 1);
+    let refused = no_redirects().get(format!("{plain}/login")).send().await;
+    assert!(refused.as_ref().map_or(true, |r| set_cookie(r, "im1_console_login").is_none()), "{refused:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
