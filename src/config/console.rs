@@ -25,9 +25,10 @@ pub const VARIABLES: &[&str] = &[
 /// What a signed-in user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// Reads every page.
+    /// Reads every page, and asks for a credential to be checked now (a priority check,
+    /// judged like any other).
     Viewer,
-    /// Reads, and acts: release or discard held verdicts, check and recheck, canaries.
+    /// Reads, and acts: release or discard held verdicts, recheck, canaries.
     Operator,
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::auth::Principal;
 use super::views::Nav;
-use super::{ConsoleState, UserForm, db_error, html, refuse, screen, views};
+use super::{ConsoleState, UserForm, db_error, html, refuse, refuse_forged, screen, views};
 use crate::store;
 
 #[derive(Deserialize)]
@@ -58,8 +58,11 @@ pub(super) async fn credential(
     credential_page(&state, &who, &q.user, None).await
 }
 
+/// "Check now" is open to viewers too: it only asks for a priority check, the one an RP
+/// makes during a login, judged by the same gates and rules as any other; it writes an
+/// event naming who asked.
 pub(super) async fn check_now(State(state): State<ConsoleState>, who: Principal, Form(f): Form<UserForm>) -> Response {
-    if let Some(refused) = refuse(&who, &f.csrf) {
+    if let Some(refused) = refuse_forged(&who, &f.csrf) {
         return refused;
     }
     let now = state.clock.now();

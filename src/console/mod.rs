@@ -178,13 +178,8 @@ impl FromRequestParts<ConsoleState> for Principal {
 /// A form's CSRF token must be the principal's, then the principal must be an operator:
 /// the refusal page when either is not so.
 pub(super) fn refuse(who: &Principal, csrf: &str) -> Option<Response> {
-    if csrf.is_empty() || !auth::same(csrf, &who.csrf) {
-        tracing::warn!(user = %who.name, "console: form refused: missing or wrong CSRF token");
-        return Some(refusal(
-            StatusCode::FORBIDDEN,
-            Some(who),
-            "This form was not sent by this console (missing or wrong CSRF token); nothing was done.",
-        ));
+    if let Some(forged) = refuse_forged(who, csrf) {
+        return Some(forged);
     }
     if !who.may_act() {
         tracing::warn!(user = %who.name, "console: action refused: viewer role");
@@ -192,6 +187,20 @@ pub(super) fn refuse(who: &Principal, csrf: &str) -> Option<Response> {
             StatusCode::FORBIDDEN,
             Some(who),
             "Your role (viewer) may read but not act; nothing was done.",
+        ));
+    }
+    None
+}
+
+/// The refusal for a form this console did not send (missing or wrong CSRF token), for
+/// any role. The one form a viewer may send ("check now") is checked with this alone.
+pub(super) fn refuse_forged(who: &Principal, csrf: &str) -> Option<Response> {
+    if csrf.is_empty() || !auth::same(csrf, &who.csrf) {
+        tracing::warn!(user = %who.name, "console: form refused: missing or wrong CSRF token");
+        return Some(refusal(
+            StatusCode::FORBIDDEN,
+            Some(who),
+            "This form was not sent by this console (missing or wrong CSRF token); nothing was done.",
         ));
     }
     None

@@ -495,6 +495,68 @@ async fn over_tls_every_cookie_is_secure_by_default(pool: PgPool) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A viewer may ask for a check now (a priority check, judged like any other, its event
+/// naming the viewer) but may not recheck; both forms still need the viewer's own token.
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_viewer_may_ask_for_a_check_now_and_nothing_more(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.emis_user("u1", &[]).await;
+    let base = serve_console(
+        &pool,
+        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
+    )
+    .await;
+    let http = no_redirects();
+    let page = http
+        .get(format!("{base}/credentials?user=u1"))
+        .header("x-auth-request-user", "bob")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/credentials/check") && !page.contains("/credentials/recheck"), "{page}");
+    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let post = |path: &'static str, body: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}{path}"))
+                .header("x-auth-request-user", "bob")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let pending = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT priority_requested_at IS NOT NULL FROM im1_credentials WHERE user_id = 'u1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(post("/credentials/check", "user=u1".into()).await.status(), 403, "no token, no check");
+    assert!(!pending().await);
+    assert_eq!(post("/credentials/recheck", format!("csrf={csrf}&user=u1")).await.status(), 403);
+
+    let done = post("/credentials/check", format!("csrf={csrf}&user=u1")).await;
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Check requested"));
+    assert!(pending().await, "the priority check is queued");
+    let again = post("/credentials/check", format!("csrf={csrf}&user=u1")).await.text().await.unwrap();
+    assert!(again.contains("already pending"), "{again}");
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT evidence->>'action', evidence->>'by' FROM im1_credential_events WHERE kind = 'operator'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(events, [("check_now".to_owned(), "console:bob".to_owned())], "one event, naming bob");
+}
+
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_trusted_header_names_the_user_and_its_role_and_forms_still_need_their_token(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;

@@ -58,17 +58,19 @@ pub fn credential(
                 dt { "Invalidated" } dd { (opt_time(c.invalidated_at)) }
                 dt { "Stored · updated" } dd { (time(c.created_at)) " · " (time(c.updated_at)) " · key id " (c.key_id.as_deref().unwrap_or("—")) }
             }
-            @if who.may_act() && c.status != "unsupported" {
+            @if c.status != "unsupported" {
                 div.actions {
                     form.inline method="post" action="/credentials/check" {
                         input type="hidden" name="csrf" value=(who.csrf);
                         input type="hidden" name="user" value=(c.user_id);
                         button type="submit" { "Check now" }
                     }
-                    form.inline method="post" action="/credentials/recheck" {
-                        input type="hidden" name="csrf" value=(who.csrf);
-                        input type="hidden" name="user" value=(c.user_id);
-                        button.secondary type="submit" { "Recheck (make due now)" }
+                    @if who.may_act() {
+                        form.inline method="post" action="/credentials/recheck" {
+                            input type="hidden" name="csrf" value=(who.csrf);
+                            input type="hidden" name="user" value=(c.user_id);
+                            button.secondary type="submit" { "Recheck (make due now)" }
+                        }
                     }
                 }
             }
