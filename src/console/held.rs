@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::auth::Principal;
 use super::views::Nav;
-use super::{ConsoleState, db_error, refusal, refuse, screen, views};
+use super::{ConsoleState, db_error, html, refusal, refuse, screen, views};
 use crate::model::Supplier;
 use crate::store;
 
@@ -86,12 +86,7 @@ pub(super) async fn held_confirm(
     let now = state.clock.now();
     let read = async {
         let preview = store::guard::preview_release(&state.pool, supplier, ods, now, &state.rules).await?;
-        let held: i64 = store::guard::held_by_practice(&state.pool, supplier)
-            .await?
-            .into_iter()
-            .filter(|(o, _)| ods.is_none_or(|x| x == o))
-            .map(|(_, n)| n)
-            .sum();
+        let held = held_in_scope(&state.pool, supplier, ods).await?;
         Ok::<_, sqlx::Error>((preview, held))
     };
     match read.await {
@@ -117,6 +112,9 @@ pub(super) struct ResolveForm {
     supplier: String,
     #[serde(default)]
     ods: String,
+    /// The number of users the confirmation said a release would flag.
+    #[serde(default)]
+    confirmed: String,
 }
 
 pub(super) async fn held_release(
@@ -147,6 +145,11 @@ async fn resolve(state: ConsoleState, who: Principal, f: ResolveForm, action: &'
         );
     };
     let now = state.clock.now();
+    if action == "release"
+        && let Some(refused) = check_confirmed(&state, &who, supplier, ods, &f.confirmed, now).await
+    {
+        return refused;
+    }
     let actor = who.actor();
     let done = match action {
         "release" => store::guard::release_as(&state.pool, supplier, ods, now, &state.rules, Some(&actor)).await,
@@ -171,4 +174,67 @@ async fn resolve(state: ConsoleState, who: Principal, f: ResolveForm, action: &'
         }
         Err(e) => db_error(&who, e),
     }
+}
+
+/// A release applies what its confirmation showed, or less: when verdicts held since the
+/// operator confirmed would make it flag more users than the confirmation said (a sweep
+/// kept running while they read it), nothing is done and the fresh confirmation is shown
+/// instead (409). A release without a confirmation is refused. A second submit of the
+/// same form finds less to flag, so it passes and changes nothing.
+///
+/// The check and the release are two statements: verdicts held in the milliseconds
+/// between them are released too. That window is far smaller than the reading time it
+/// closes, and those verdicts keep two strikes like every released one.
+async fn check_confirmed(
+    state: &ConsoleState,
+    who: &Principal,
+    supplier: Supplier,
+    ods: Option<&str>,
+    confirmed: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Response> {
+    let Ok(confirmed) = confirmed.trim().parse::<u64>() else {
+        return Some(refusal(
+            StatusCode::BAD_REQUEST,
+            Some(who),
+            "A release needs its confirmation: start it from the held verdicts page; nothing was done.",
+        ));
+    };
+    let preview = match store::guard::preview_release(&state.pool, supplier, ods, now, &state.rules).await {
+        Ok(preview) => preview,
+        Err(e) => return Some(db_error(who, e)),
+    };
+    if preview.newly_flagged <= confirmed {
+        return None;
+    }
+    tracing::warn!(
+        supplier = supplier.as_str(),
+        ods_code = ods,
+        by = %who.actor(),
+        confirmed,
+        would_flag = preview.newly_flagged,
+        "console: release refused: more verdicts were held since it was confirmed"
+    );
+    let held = match held_in_scope(&state.pool, supplier, ods).await {
+        Ok(held) => held,
+        Err(e) => return Some(db_error(who, e)),
+    };
+    let body = maud::html! {
+        (views::message(
+            "bad",
+            &format!(
+                "More verdicts were held since you confirmed: this release would now flag {} user(s), not {confirmed}. \
+                 Nothing was done; read the new numbers and confirm again.",
+                preview.newly_flagged
+            ),
+        ))
+        (views::confirm("release", supplier.as_str(), ods, &preview, held, &who.csrf))
+    };
+    Some(html(StatusCode::CONFLICT, views::page("Confirm release", Some(who), Nav::Held, None, body)))
+}
+
+/// The supplier's held verdicts, at one practice or all of them.
+async fn held_in_scope(pool: &sqlx::PgPool, supplier: Supplier, ods: Option<&str>) -> sqlx::Result<i64> {
+    let by_practice = store::guard::held_by_practice(pool, supplier).await?;
+    Ok(by_practice.into_iter().filter(|(o, _)| ods.is_none_or(|x| x == o)).map(|(_, n)| n).sum())
 }

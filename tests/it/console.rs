@@ -557,6 +557,103 @@ async fn a_viewer_may_ask_for_a_check_now_and_nothing_more(pool: PgPool) {
     assert_eq!(events, [("check_now".to_owned(), "console:bob".to_owned())], "one event, naming bob");
 }
 
+/// A release applies what its confirmation showed: when more verdicts were held while the
+/// operator read it, the release is refused with the new numbers, and nothing is done
+/// until they confirm again. A repeated submit then changes nothing.
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn a_release_never_flags_more_users_than_its_confirmation_showed(pool: PgPool) {
+    use im1_revalidator::model::Reason;
+    let mut app = spawn_app(pool.clone()).await;
+    // What the test writes must be in the past for the console, which reads the system clock.
+    app.clock = ManualClock::new(Utc::now() - TimeDelta::minutes(40));
+    app.emis_user("u1", &["not_registered"]).await;
+    app.emis_user("u2", &["not_registered"]).await;
+    app.sweep().await;
+    assert_eq!(app.row("u2").await.last_outcome.as_deref(), Some("suspect"));
+    // Both confirmations come while the guard holds; the operator first sees only u1's.
+    app.advance(TimeDelta::minutes(15));
+    crate::guard::hold_guard(&app).await;
+    crate::guard::hold_answers(&app, &[("u1", Reason::NotRegistered)]).await;
+
+    let base = serve_console(
+        &pool,
+        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
+    )
+    .await;
+    let http = no_redirects();
+    let confirmation = || async {
+        let page = http
+            .get(format!("{base}/held/confirm?action=release&supplier=emis"))
+            .header("x-auth-request-user", "alice")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let field = |name: &str| {
+            let marker = format!(r#"name="{name}" value=""#);
+            page.split(&marker)
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {name} in {page}"))
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        (field("csrf"), field("confirmed"))
+    };
+    let release = |body: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/held/release"))
+                .header("x-auth-request-user", "alice")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let flagged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credentials WHERE refresh_required")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let (csrf, confirmed) = confirmation().await;
+    assert_eq!(confirmed, "1", "the confirmation says one user will be flagged");
+
+    // A sweep holds u2's confirmation while the operator reads.
+    crate::guard::hold_answers(&app, &[("u2", Reason::NotRegistered)]).await;
+    let refused = release(format!("csrf={csrf}&supplier=emis&confirmed={confirmed}")).await;
+    assert_eq!(refused.status(), 409);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("would now flag 2 user(s), not 1") && page.contains("Nothing was done"), "{page}");
+    assert_eq!(flagged().await, 0, "nothing released");
+    // Without a confirmation at all: refused too.
+    assert_eq!(release(format!("csrf={csrf}&supplier=emis")).await.status(), 400);
+    assert_eq!(flagged().await, 0);
+
+    // Confirmed again with the new numbers: released, both flagged.
+    let (csrf, confirmed) = confirmation().await;
+    assert_eq!(confirmed, "2");
+    let form = format!("csrf={csrf}&supplier=emis&confirmed={confirmed}");
+    let done = release(form.clone()).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(flagged().await, 2);
+    let guard_events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credential_events WHERE kind = 'guard'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let events = guard_events().await;
+    // The same form again (a double submit): nothing left to release, nothing written.
+    assert_eq!(release(form).await.status(), 200);
+    assert_eq!((flagged().await, guard_events().await), (2, events));
+}
+
 #[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
 async fn a_trusted_header_names_the_user_and_its_role_and_forms_still_need_their_token(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;

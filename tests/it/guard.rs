@@ -25,7 +25,7 @@ fn evidence() -> serde_json::Value {
 }
 
 /// Trips the EMIS guard, as the sweep would.
-async fn hold_guard(app: &TestApp) {
+pub(crate) async fn hold_guard(app: &TestApp) {
     sqlx::query(
         "UPDATE im1_supplier_state SET guard_held_since = $1, \
          guard_evidence = '{\"checks\": 60, \"invalid\": 20}' WHERE supplier = 'emis'",
@@ -61,7 +61,7 @@ fn verdict(app: &TestApp, claimed: &Claimed, observation: Observation, held: Opt
 
 /// Claims the due EMIS rows and writes, for each user in `answers`, the invalid answer the
 /// guard holds (the others' claims are given back unjudged).
-async fn hold_answers(app: &TestApp, answers: &[(&str, Reason)]) {
+pub(crate) async fn hold_answers(app: &TestApp, answers: &[(&str, Reason)]) {
     let answers: HashMap<&str, Reason> = answers.iter().copied().collect();
     let claimed = claim_due(app).await;
     let mut verdicts = Vec::new();

@@ -116,6 +116,8 @@ pub fn confirm(action: &str, supplier: &str, ods: Option<&str>, preview: &Resolv
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="supplier" value=(supplier);
                 @if let Some(ods) = ods { input type="hidden" name="ods" value=(ods); }
+                // What the operator saw: a release that would now flag more is refused.
+                input type="hidden" name="confirmed" value=(preview.newly_flagged);
                 button type="submit" class=[(action == "discard").then_some("secondary")] {
                     @if action == "release" { "Release and flag " (preview.newly_flagged) " user(s)" } @else { "Discard " (held) " held verdict(s)" }
                 }
