@@ -101,6 +101,7 @@ mod tests {
             transient: 2,
             answers: 10,
             invalid: 3,
+            checks: 11,
         };
         let rows = vec![
             row("emis", Utc.with_ymd_and_hms(2026, 11, 26, 9, 30, 0).unwrap()),

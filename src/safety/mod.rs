@@ -304,6 +304,13 @@ impl Safety {
         }
     }
 
+    /// Counts one finished check, whatever its outcome (shared, so the console shows every
+    /// process's checks per minute). Nothing here judges: it only counts.
+    pub fn record_check(&self, supplier: Supplier) {
+        let Some(s) = self.suppliers.get(&supplier) else { return };
+        lock(&s.local).pending.checks += 1;
+    }
+
     /// Counts one check that got a verdict-shaped answer (valid or invalid). Returns
     /// whether this invalid answer must be held: the guard holds, or this very answer
     /// makes it hold.

@@ -23,6 +23,8 @@ pub struct MinuteCounts {
     /// Checks answered valid or invalid, and the invalid ones.
     pub answers: i64,
     pub invalid: i64,
+    /// Checks finished, whatever their outcome.
+    pub checks: i64,
 }
 
 /// Every supplier's counts per minute since `since`, oldest first. The counts table holds
@@ -33,7 +35,8 @@ pub async fn minutes(pool: &PgPool, since: DateTime<Utc>) -> sqlx::Result<Vec<Mi
         r#"
         SELECT supplier AS "supplier!", date_trunc('minute', bucket) AS "minute!",
                sum(calls)::int8 AS "calls!", sum(transient)::int8 AS "transient!",
-               sum(answers)::int8 AS "answers!", sum(invalid)::int8 AS "invalid!"
+               sum(answers)::int8 AS "answers!", sum(invalid)::int8 AS "invalid!",
+               sum(checks)::int8 AS "checks!"
           FROM im1_supplier_counts
          WHERE bucket >= $1
          GROUP BY 1, 2

@@ -28,6 +28,8 @@ pub struct Counts {
     /// Checks answered valid or invalid, and the invalid ones.
     pub answers: i64,
     pub invalid: i64,
+    /// Checks finished with an outcome, whatever it was (what `im1_checks_total` counts).
+    pub checks: i64,
 }
 
 impl Counts {
@@ -40,6 +42,7 @@ impl Counts {
         self.transient += other.transient;
         self.answers += other.answers;
         self.invalid += other.invalid;
+        self.checks += other.checks;
     }
 }
 
@@ -125,7 +128,7 @@ async fn sync_as(
     windows: Windows,
 ) -> sqlx::Result<Synced> {
     let mut suppliers = Vec::with_capacity(flush.len());
-    let (mut calls, mut transient, mut answers, mut invalid) = (vec![], vec![], vec![], vec![]);
+    let (mut calls, mut transient, mut answers, mut invalid, mut checks) = (vec![], vec![], vec![], vec![], vec![]);
     // Sorted, so concurrent flushes lock bucket rows in one order.
     let mut flush: Vec<&(Supplier, Counts)> = flush.iter().filter(|(_, c)| !c.is_empty()).collect();
     flush.sort_by_key(|(s, _)| s.as_str());
@@ -135,6 +138,7 @@ async fn sync_as(
         transient.push(c.transient);
         answers.push(c.answers);
         invalid.push(c.invalid);
+        checks.push(c.checks);
     }
     let rows = sqlx::query!(
         r#"
@@ -146,15 +150,16 @@ async fn sync_as(
             RETURNING 1
         ),
         flushed AS (
-            INSERT INTO im1_supplier_counts AS c (supplier, bucket, calls, transient, answers, invalid)
-            SELECT f.supplier, $8, f.calls, f.transient, f.answers, f.invalid
-              FROM UNNEST($9::text[], $10::int8[], $11::int8[], $12::int8[], $13::int8[])
-                   AS f(supplier, calls, transient, answers, invalid)
+            INSERT INTO im1_supplier_counts AS c (supplier, bucket, calls, transient, answers, invalid, checks)
+            SELECT f.supplier, $8, f.calls, f.transient, f.answers, f.invalid, f.checks
+              FROM UNNEST($9::text[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $18::int8[])
+                   AS f(supplier, calls, transient, answers, invalid, checks)
             ON CONFLICT ON CONSTRAINT im1_supplier_counts_pkey DO UPDATE
                SET calls = c.calls + excluded.calls,
                    transient = c.transient + excluded.transient,
                    answers = c.answers + excluded.answers,
-                   invalid = c.invalid + excluded.invalid
+                   invalid = c.invalid + excluded.invalid,
+                   checks = c.checks + excluded.checks
             RETURNING 1
         )
         SELECT s.supplier, s.breaker_state, s.breaker_changed_at, s.breaker_open_until, s.breaker_evidence,
@@ -197,6 +202,7 @@ async fn sync_as(
         windows.guard_from,
         windows.alive_after,
         heartbeat,
+        &checks,
     )
     .fetch_all(pool)
     .await?;

@@ -225,6 +225,7 @@ impl Context {
         if let Done::Verdict { verdict, .. } = &done {
             let outcome = verdict.decision.standing.last_outcome.unwrap_or(LastOutcome::Transient);
             self.metrics.check(supplier, outcome, started.elapsed());
+            self.safety.record_check(supplier);
         }
         done
     }

@@ -655,3 +655,30 @@ async fn a_sweep_process_joining_another_shares_the_rate_limit(pool: PgPool) {
     let processes: i64 = sqlx::query_scalar("SELECT count(*) FROM im1_processes").fetch_one(&app.pool).await.unwrap();
     assert_eq!(processes, 0, "each process removed its heartbeat row on exit");
 }
+
+/// Every finished check is counted in the shared minute counts (what the console's
+/// "checks per minute" reads), whatever its outcome, once per check however many calls it
+/// made; a dry run counts nothing (`a_dry_run_changes_no_shared_state`).
+#[sqlx::test(migrator = "im1_revalidator::store::MIGRATOR")]
+async fn every_finished_check_is_counted_once_in_the_shared_minutes(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut users = scripted("ok", 4, Behaviour::Valid);
+    users.extend(scripted("gone", 3, Behaviour::NotRegistered));
+    users.extend(scripted("down", 2, Behaviour::ServerError));
+    import_emis(&app, &users).await;
+    // Two retries (a millisecond apart) for the failing ones; the breaker left closed.
+    let vars =
+        with(&app, &[("IM1_RETRY_ATTEMPTS", "2"), ("IM1_RETRY_MAX_DELAY", "1ms"), ("IM1_BREAKER_MIN_CALLS", "1000")]);
+    let report = sweep_with(&app.engine_with(&vars)).await;
+    assert_eq!(report.checks, 9);
+    let (checks, calls): (i64, i64) =
+        sqlx::query_as("SELECT sum(checks)::int8, sum(calls)::int8 FROM im1_supplier_counts WHERE supplier = 'emis'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(checks, 9, "one count per check");
+    assert!(calls > checks, "the failing ones were retried, so calls ({calls}) outnumber checks");
+    let minutes =
+        im1_revalidator::store::console::minutes(&app.pool, app.clock.now_utc() - TimeDelta::hours(1)).await.unwrap();
+    assert_eq!(minutes.iter().filter(|m| m.supplier == "emis").map(|m| m.checks).sum::<i64>(), 9);
+}

@@ -64,14 +64,17 @@ pub fn overview_live(o: &Overview) -> Markup {
 
 fn supplier_card(name: &str, s: &SupplierStatus, o: &Overview) -> Markup {
     let bars = chart::bars(&o.minutes, name, o.now);
-    // Calls over the last five whole minutes and the current one, per minute.
-    let recent: i64 = o
-        .minutes
-        .iter()
-        .filter(|m| m.supplier == name && o.now - m.minute < chrono::TimeDelta::minutes(6))
-        .map(|m| m.calls)
-        .sum();
-    let per_minute = recent as f64 / 6.0;
+    // Checks and calls over the last five whole minutes and the current one, per minute.
+    let recent = |count: fn(&MinuteCounts) -> i64| {
+        let sum: i64 = o
+            .minutes
+            .iter()
+            .filter(|m| m.supplier == name && o.now - m.minute < chrono::TimeDelta::minutes(6))
+            .map(count)
+            .sum();
+        sum as f64 / 6.0
+    };
+    let (checks_per_minute, calls_per_minute) = (recent(|m| m.checks), recent(|m| m.calls));
     let canaries: Vec<&CanaryRow> = o.canaries.iter().filter(|c| c.supplier.as_str() == name).collect();
     let holding = s.guard.as_deref() == Some("holding");
     let open = s.breaker.as_deref() == Some("open");
@@ -80,7 +83,8 @@ fn supplier_card(name: &str, s: &SupplierStatus, o: &Overview) -> Markup {
             h2 { (name) @if !s.configured && name != "microtest" { " " (badge("muted", "not configured here")) } }
             {
                 dl {
-                    dt { "Supplier calls per minute" } dd { (format!("{per_minute:.1}")) }
+                    dt { "Checks per minute" } dd data-checks-per-minute=(name) { (format!("{checks_per_minute:.1}")) }
+                    dt { "Supplier calls per minute" } dd { (format!("{calls_per_minute:.1}")) " (retries included)" }
                     dt { "Circuit breaker" }
                     dd data-breaker=(name) {
                         (breaker_badge(s.breaker.as_deref()))
