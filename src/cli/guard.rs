@@ -198,17 +198,7 @@ async fn resolve(settings: Settings, args: ResolveArgs, action: Action) -> Resul
         Action::Release => "released",
         Action::Discard => "discarded",
     };
-    tracing::info!(
-        supplier = supplier.as_str(),
-        ods_code = ods,
-        applied = resolved.applied,
-        newly_flagged = resolved.newly_flagged,
-        stale = resolved.stale,
-        discarded = resolved.discarded,
-        remaining = resolved.remaining,
-        guard_clear = resolved.guard_cleared,
-        "guard verdicts {verb} by an operator"
-    );
+    resolved.log(supplier, ods, verb, "an operator");
     print!("{}", summary(supplier, ods, action, &resolved));
     Ok(())
 }

@@ -157,18 +157,7 @@ async fn resolve(state: ConsoleState, who: Principal, f: ResolveForm, action: &'
     };
     match done {
         Ok(r) => {
-            tracing::info!(
-                supplier = supplier.as_str(),
-                ods_code = ods,
-                by = %actor,
-                applied = r.applied,
-                newly_flagged = r.newly_flagged,
-                stale = r.stale,
-                discarded = r.discarded,
-                remaining = r.remaining,
-                guard_clear = r.guard_cleared,
-                "guard verdicts {action}d from the console"
-            );
+            r.log(supplier, ods, if action == "release" { "released" } else { "discarded" }, &actor);
             let title = if action == "release" { "Released" } else { "Discarded" };
             screen(&state, title, &who, Nav::Held, views::resolved(action, supplier.as_str(), ods, &r))
         }

@@ -131,6 +131,26 @@ pub struct Resolved {
     pub guard_cleared: bool,
 }
 
+impl Resolved {
+    /// The log line for a release or discard, from the CLI or the console: what was
+    /// applied, flagged, dropped and left, and who did it (`by`, e.g. `console:alice`, or
+    /// `an operator` from the CLI). Counts only, never a user id or token.
+    pub fn log(&self, supplier: Supplier, ods_code: Option<&str>, done: &str, by: &str) {
+        tracing::info!(
+            supplier = supplier.as_str(),
+            ods_code,
+            by,
+            applied = self.applied,
+            newly_flagged = self.newly_flagged,
+            stale = self.stale,
+            discarded = self.discarded,
+            remaining = self.remaining,
+            guard_clear = self.guard_cleared,
+            "guard verdicts {done} by {by}"
+        );
+    }
+}
+
 /// Applies `supplier`'s held verdicts (optionally only one practice's), in one transaction.
 ///
 /// A held verdict is applied only when its credential's `last_outcome` is still `held`:

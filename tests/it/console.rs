@@ -386,6 +386,56 @@ async fn serve_console(pool: &PgPool, extra: &[(&str, &str)]) -> String {
     base
 }
 
+/// The console behind an SSO proxy: the trusted header names the user; `alice` is an
+/// operator and everyone else a viewer. Each request goes out as the user a test names.
+struct Proxied {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Proxied {
+    async fn start(pool: &PgPool) -> Proxied {
+        let base = serve_console(
+            pool,
+            &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
+        )
+        .await;
+        Proxied { http: no_redirects(), base }
+    }
+
+    /// A GET as `user`, or with no header at all.
+    async fn get(&self, user: Option<&str>, path: &str) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(user) = user {
+            request = request.header("x-auth-request-user", user);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn page(&self, user: &str, path: &str) -> String {
+        self.get(Some(user), path).await.text().await.unwrap()
+    }
+
+    /// A form POST as `user`; `body` is already URL-encoded.
+    async fn post(&self, user: &str, path: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("x-auth-request-user", user)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The value of the first form field `name` on a page.
+fn form_field(page: &str, name: &str) -> String {
+    let marker = format!(r#"name="{name}" value=""#);
+    let rest = page.split(&marker).nth(1).unwrap_or_else(|| panic!("no field {name} in {page}"));
+    rest.split('"').next().unwrap().to_owned()
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
@@ -501,35 +551,11 @@ async fn over_tls_every_cookie_is_secure_by_default(pool: PgPool) {
 async fn a_viewer_may_ask_for_a_check_now_and_nothing_more(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.emis_user("u1", &[]).await;
-    let base = serve_console(
-        &pool,
-        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
-    )
-    .await;
-    let http = no_redirects();
-    let page = http
-        .get(format!("{base}/credentials?user=u1"))
-        .header("x-auth-request-user", "bob")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let console = Proxied::start(&pool).await;
+    let page = console.page("bob", "/credentials?user=u1").await;
     assert!(page.contains("/credentials/check") && !page.contains("/credentials/recheck"), "{page}");
-    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let post = |path: &'static str, body: String| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            http.post(format!("{base}{path}"))
-                .header("x-auth-request-user", "bob")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let csrf = form_field(&page, "csrf");
+    let post = |path: &'static str, body: String| console.post("bob", path, body);
     let pending = || async {
         sqlx::query_scalar::<_, bool>(
             "SELECT priority_requested_at IS NOT NULL FROM im1_credentials WHERE user_id = 'u1'",
@@ -575,46 +601,12 @@ async fn a_release_never_flags_more_users_than_its_confirmation_showed(pool: PgP
     crate::guard::hold_guard(&app).await;
     crate::guard::hold_answers(&app, &[("u1", Reason::NotRegistered)]).await;
 
-    let base = serve_console(
-        &pool,
-        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
-    )
-    .await;
-    let http = no_redirects();
+    let console = Proxied::start(&pool).await;
     let confirmation = || async {
-        let page = http
-            .get(format!("{base}/held/confirm?action=release&supplier=emis"))
-            .header("x-auth-request-user", "alice")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let field = |name: &str| {
-            let marker = format!(r#"name="{name}" value=""#);
-            page.split(&marker)
-                .nth(1)
-                .unwrap_or_else(|| panic!("no {name} in {page}"))
-                .split('"')
-                .next()
-                .unwrap()
-                .to_owned()
-        };
-        (field("csrf"), field("confirmed"))
+        let page = console.page("alice", "/held/confirm?action=release&supplier=emis").await;
+        (form_field(&page, "csrf"), form_field(&page, "confirmed"))
     };
-    let release = |body: String| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            http.post(format!("{base}/held/release"))
-                .header("x-auth-request-user", "alice")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let release = |body: String| console.post("alice", "/held/release", body);
     let flagged = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credentials WHERE refresh_required")
             .fetch_one(&pool)
@@ -658,42 +650,15 @@ async fn a_release_never_flags_more_users_than_its_confirmation_showed(pool: PgP
 async fn a_trusted_header_names_the_user_and_its_role_and_forms_still_need_their_token(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.emis_user("u1", &[]).await;
-    let base = serve_console(
-        &pool,
-        &[("IM1_CONSOLE_TRUSTED_HEADER", "X-Auth-Request-User"), ("IM1_CONSOLE_TRUSTED_OPERATORS", "alice")],
-    )
-    .await;
-    let http = no_redirects();
-    let get = |user: Option<&'static str>, path: &'static str| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let mut r = http.get(format!("{base}{path}"));
-            if let Some(user) = user {
-                r = r.header("x-auth-request-user", user);
-            }
-            r.send().await.unwrap()
-        }
-    };
-    assert_eq!(get(None, "/overview").await.status(), 303, "no header, no session: sign in");
-    let page = get(Some("bob"), "/credentials?user=u1").await.text().await.unwrap();
+    let console = Proxied::start(&pool).await;
+    assert_eq!(console.get(None, "/overview").await.status(), 303, "no header, no session: sign in");
+    let page = console.page("bob", "/credentials?user=u1").await;
     assert!(page.contains(r#"data-role="viewer""#) && !page.contains("/credentials/recheck"), "bob is a viewer");
-    let page = get(Some("alice"), "/credentials?user=u1").await.text().await.unwrap();
+    let page = console.page("alice", "/credentials?user=u1").await;
     assert!(page.contains(r#"data-role="operator""#) && page.contains("/credentials/recheck"), "alice acts");
     assert!(!page.contains("Sign out"), "a proxy's user signs out at the proxy");
-    let csrf = page.split(r#"name="csrf" value=""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
-
-    let post = |user: &'static str, body: String| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            http.post(format!("{base}/credentials/recheck"))
-                .header("x-auth-request-user", user)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let csrf = form_field(&page, "csrf");
+    let post = |user: &'static str, body: String| console.post(user, "/credentials/recheck", body);
     let events = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM im1_credential_events WHERE kind = 'operator'")
             .fetch_one(&pool)
